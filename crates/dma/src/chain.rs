@@ -1,0 +1,376 @@
+//! Descriptor chains: a chain's buffers, translated into host segments.
+//!
+//! Walking is bounded: a chain may visit at most as many descriptors as its
+//! table holds (a loop is an error, not a hang), lengths are checked for
+//! overflow, every buffer must lie inside the memory table, and every buffer
+//! must have the permission the direction needs (the device only reads TX
+//! buffers and only writes RX buffers).
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use vfnic_types::ErrorKind;
+
+use crate::mem::GuestMemory;
+use crate::ring::{Desc, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+
+/// Most host segments one chain may have (after merging adjacent buffers).
+/// A Linux TSO frame uses at most 19 descriptors.
+pub const MAX_CHAIN_SEGMENTS: usize = 64;
+/// Most descriptors an indirect table may hold.
+pub const MAX_INDIRECT: u32 = 1024;
+
+/// What the device does with a chain's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// TX: the device reads; a device-writable buffer is an error.
+    DeviceReads,
+    /// RX: the device writes; a read-only buffer is an error (it is never
+    /// written).
+    DeviceWrites,
+}
+
+/// A malformed chain.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum ChainError {
+    /// A buffer outside the memory table.
+    #[error("Descriptor buffer outside tenant memory")]
+    OutOfBounds,
+    /// More descriptors than the table holds: the chain loops.
+    #[error("Descriptor chain loops or is longer than its table")]
+    Loop,
+    /// A `next` index beyond the table.
+    #[error("Descriptor index beyond the table")]
+    Index,
+    /// A length that overflows, a bad indirect table, or too many segments.
+    #[error("Descriptor length or indirect table invalid")]
+    Length,
+    /// A buffer with the wrong direction.
+    #[error("Descriptor permission does not match the queue direction")]
+    Permission,
+}
+
+impl ChainError {
+    /// The counter this fault is reported under.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            ChainError::OutOfBounds => ErrorKind::DescOutOfBounds,
+            ChainError::Loop => ErrorKind::ChainLoop,
+            ChainError::Index => ErrorKind::DescIndexInvalid,
+            ChainError::Length => ErrorKind::DescLengthInvalid,
+            ChainError::Permission => ErrorKind::DescPermission,
+        }
+    }
+}
+
+/// A contiguous piece of a buffer in host memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: u32,
+}
+
+impl Segment {
+    const EMPTY: Segment = Segment { ptr: std::ptr::null_mut(), len: 0 };
+
+    /// Length in bytes.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True for a zero-length segment.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A walked chain: its head (for the used ring) and its buffers. Reused from
+/// packet to packet, so walking allocates nothing.
+pub struct Chain {
+    head: u16,
+    segs: [Segment; MAX_CHAIN_SEGMENTS],
+    n: usize,
+    len: u64,
+    /// Keeps the segments' memory mapped while the chain is in use; cloned
+    /// only when the ring's memory table changed.
+    mem: Option<Arc<GuestMemory>>,
+}
+
+// SAFETY: the segment pointers point into `mem`, which the chain keeps
+// alive; a chain is only used by the thread that owns it.
+unsafe impl Send for Chain {}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain { head: 0, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, mem: None }
+    }
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").field("head", &self.head).field("segments", &self.n).field("len", &self.len).finish()
+    }
+}
+
+impl Chain {
+    /// Head descriptor index (what goes into the used ring).
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Total bytes of the chain's buffers.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the chain has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The translated segments.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segs[..self.n]
+    }
+
+    /// Walks the chain starting at `head` of `ring`. On error the chain is
+    /// left empty (its head is still set, so it can be returned with len 0).
+    pub fn walk(
+        &mut self,
+        ring: &SplitRing,
+        head: u16,
+        access: Access,
+        indirect_ok: bool,
+    ) -> Result<(), ChainError> {
+        self.head = head;
+        self.n = 0;
+        self.len = 0;
+        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, ring.mem())) {
+            self.mem = Some(ring.mem().clone());
+        }
+        let r = self.walk_inner(ring, head, access, indirect_ok);
+        if r.is_err() {
+            self.n = 0;
+            self.len = 0;
+        }
+        r
+    }
+
+    fn walk_inner(
+        &mut self,
+        ring: &SplitRing,
+        head: u16,
+        access: Access,
+        indirect_ok: bool,
+    ) -> Result<(), ChainError> {
+        let mem = ring.mem();
+        let size = ring.size();
+        let mut idx = head;
+        let mut visited = 0u16;
+        loop {
+            if visited == size {
+                return Err(ChainError::Loop);
+            }
+            visited += 1;
+            let d = ring.desc(idx);
+            if d.flags & DESC_F_INDIRECT != 0 {
+                if !indirect_ok || d.flags & DESC_F_NEXT != 0 {
+                    return Err(ChainError::Length);
+                }
+                return self.walk_indirect(mem, d, access);
+            }
+            self.add_buffer(mem, d, access)?;
+            if d.flags & DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            if d.next >= size {
+                return Err(ChainError::Index);
+            }
+            idx = d.next;
+        }
+    }
+
+    fn walk_indirect(&mut self, mem: &GuestMemory, table: Desc, access: Access) -> Result<(), ChainError> {
+        if table.len == 0 || table.len % 16 != 0 || table.len / 16 > MAX_INDIRECT {
+            return Err(ChainError::Length);
+        }
+        let count = (table.len / 16) as u16;
+        let base = mem.translate(table.addr, table.len as u64).ok_or(ChainError::OutOfBounds)?;
+        let mut idx = 0u16;
+        for _ in 0..count {
+            // SAFETY: idx < count, so the 16 bytes at base + 16 * idx lie in
+            // the table translated with its whole length above. The table
+            // need not be 16-aligned, hence the unaligned read (one copy).
+            let d: Desc = unsafe { base.add(16 * idx as usize).cast::<Desc>().read_unaligned() };
+            if d.flags & DESC_F_INDIRECT != 0 {
+                return Err(ChainError::Length);
+            }
+            self.add_buffer(mem, d, access)?;
+            if d.flags & DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            if d.next >= count {
+                return Err(ChainError::Index);
+            }
+            idx = d.next;
+        }
+        Err(ChainError::Loop)
+    }
+
+    fn add_buffer(&mut self, mem: &GuestMemory, d: Desc, access: Access) -> Result<(), ChainError> {
+        let writable = d.flags & DESC_F_WRITE != 0;
+        if writable != (access == Access::DeviceWrites) {
+            return Err(ChainError::Permission);
+        }
+        if d.addr.checked_add(d.len as u64).is_none() {
+            return Err(ChainError::Length);
+        }
+        let mut addr = d.addr;
+        let mut left = d.len as u64;
+        while left > 0 {
+            let (ptr, avail) = mem.translate_partial(addr).ok_or(ChainError::OutOfBounds)?;
+            let take = left.min(avail) as u32;
+            self.push_segment(ptr, take)?;
+            addr += take as u64;
+            left -= take as u64;
+        }
+        Ok(())
+    }
+
+    fn push_segment(&mut self, ptr: *mut u8, len: u32) -> Result<(), ChainError> {
+        self.len += len as u64;
+        if let Some(last) = self.n.checked_sub(1).map(|i| &mut self.segs[i]) {
+            if last.ptr.wrapping_add(last.len as usize) == ptr && last.len.checked_add(len).is_some() {
+                last.len += len;
+                return Ok(());
+            }
+        }
+        if self.n == MAX_CHAIN_SEGMENTS {
+            return Err(ChainError::Length);
+        }
+        self.segs[self.n] = Segment { ptr, len };
+        self.n += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::tests::{TestRing, BUF_OFF, GPA};
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
+        Desc { addr, len, flags, next }
+    }
+
+    #[test]
+    fn walks_a_two_buffer_chain() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        t.set_desc(0, d(GPA + BUF_OFF, 12, DESC_F_NEXT, 3));
+        t.set_desc(3, d(GPA + BUF_OFF + 4096, 100, 0, 0));
+        let mut c = Chain::default();
+        c.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        assert_eq!(c.len(), 112);
+        assert_eq!(c.segments().len(), 2);
+    }
+
+    #[test]
+    fn merges_adjacent_buffers() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        t.set_desc(0, d(GPA + BUF_OFF, 12, DESC_F_NEXT, 1));
+        t.set_desc(1, d(GPA + BUF_OFF + 12, 60, 0, 0));
+        let mut c = Chain::default();
+        c.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        assert_eq!(c.segments().len(), 1);
+        assert_eq!(c.len(), 72);
+    }
+
+    #[test]
+    fn detects_loops() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        t.set_desc(0, d(GPA + BUF_OFF, 10, DESC_F_NEXT, 1));
+        t.set_desc(1, d(GPA + BUF_OFF + 100, 10, DESC_F_NEXT, 0));
+        let mut c = Chain::default();
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Loop));
+        assert!(c.is_empty());
+        // A self-loop too.
+        t.set_desc(2, d(GPA + BUF_OFF, 10, DESC_F_NEXT, 2));
+        assert_eq!(c.walk(&r, 2, Access::DeviceReads, false), Err(ChainError::Loop));
+    }
+
+    #[test]
+    fn refuses_out_of_bounds_and_overflow() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let mut c = Chain::default();
+        t.set_desc(0, d(0x1000, 64, 0, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::OutOfBounds));
+        t.set_desc(0, d(GPA + (1 << 20) - 8, 64, 0, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::OutOfBounds));
+        t.set_desc(0, d(u64::MAX - 4, 64, 0, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Length));
+        t.set_desc(0, d(GPA, 8, DESC_F_NEXT, 8));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Index));
+    }
+
+    #[test]
+    fn enforces_direction() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let mut c = Chain::default();
+        t.set_desc(0, d(GPA + BUF_OFF, 64, 0, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceWrites, false), Err(ChainError::Permission));
+        t.set_desc(0, d(GPA + BUF_OFF, 64, DESC_F_WRITE, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Permission));
+        assert!(c.walk(&r, 0, Access::DeviceWrites, false).is_ok());
+    }
+
+    #[test]
+    fn indirect_tables() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let table = GPA + BUF_OFF + 8192 + 8; // deliberately not 16-aligned
+        let enc = |x: Desc| {
+            let mut b = Vec::new();
+            b.extend_from_slice(&x.addr.to_le_bytes());
+            b.extend_from_slice(&x.len.to_le_bytes());
+            b.extend_from_slice(&x.flags.to_le_bytes());
+            b.extend_from_slice(&x.next.to_le_bytes());
+            b
+        };
+        let mut bytes = enc(d(GPA + BUF_OFF, 12, DESC_F_NEXT, 1));
+        bytes.extend(enc(d(GPA + BUF_OFF + 512, 100, 0, 0)));
+        t.write(table, &bytes);
+        t.set_desc(0, d(table, 32, DESC_F_INDIRECT, 0));
+        let mut c = Chain::default();
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Length), "not negotiated");
+        c.walk(&r, 0, Access::DeviceReads, true).unwrap();
+        assert_eq!(c.len(), 112);
+        // A loop inside the table.
+        let mut looping = enc(d(GPA + BUF_OFF, 12, DESC_F_NEXT, 1));
+        looping.extend(enc(d(GPA + BUF_OFF, 12, DESC_F_NEXT, 0)));
+        t.write(table, &looping);
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, true), Err(ChainError::Loop));
+        // Bad table sizes.
+        t.set_desc(0, d(table, 20, DESC_F_INDIRECT, 0));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, true), Err(ChainError::Length));
+        t.set_desc(0, d(table, 32, DESC_F_INDIRECT | DESC_F_NEXT, 1));
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, true), Err(ChainError::Length));
+    }
+
+    #[test]
+    fn too_many_segments_is_an_error_not_an_overflow() {
+        let t = TestRing::new(256);
+        let r = t.ring(false);
+        for i in 0..100u16 {
+            // Non-adjacent buffers so they do not merge.
+            t.set_desc(i, d(GPA + BUF_OFF + 64 * i as u64, 8, DESC_F_NEXT, i + 1));
+        }
+        t.set_desc(100, d(GPA + BUF_OFF, 8, 0, 0));
+        let mut c = Chain::default();
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Length));
+    }
+}

@@ -1,0 +1,176 @@
+//! The one copy: bytes move from the sender's buffers straight into the
+//! receiver's buffers, segment to segment, with no staging buffer.
+//!
+//! A [`Cursor`] is a position inside a walked [`Chain`]; [`copy`] moves
+//! bytes between two cursors. Small reads into the daemon's own memory
+//! ([`Cursor::gather`], e.g. the Ethernet header the switch looks at) and
+//! small writes from it ([`Cursor::scatter`], e.g. the virtio-net header)
+//! use the same walk.
+
+use crate::chain::Chain;
+
+/// A read/write position inside a chain.
+#[derive(Debug)]
+pub struct Cursor<'c> {
+    chain: &'c Chain,
+    seg: usize,
+    off: u32,
+    left: u64,
+}
+
+impl<'c> Cursor<'c> {
+    /// A cursor at the start of `chain`.
+    pub fn new(chain: &'c Chain) -> Cursor<'c> {
+        Cursor { chain, seg: 0, off: 0, left: chain.len() }
+    }
+
+    /// Bytes between the cursor and the end of the chain.
+    pub fn remaining(&self) -> u64 {
+        self.left
+    }
+
+    /// The contiguous piece at the cursor, at most `max` bytes.
+    #[inline]
+    fn piece(&mut self, max: u64) -> Option<(*mut u8, usize)> {
+        let segs = self.chain.segments();
+        while let Some(s) = segs.get(self.seg) {
+            let in_seg = s.len - self.off;
+            if in_seg == 0 {
+                self.seg += 1;
+                self.off = 0;
+                continue;
+            }
+            let take = (in_seg as u64).min(max) as usize;
+            return Some((s.ptr.wrapping_add(self.off as usize), take));
+        }
+        None
+    }
+
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        self.off += n as u32;
+        self.left -= n as u64;
+    }
+
+    /// Moves the cursor `n` bytes on; false if the chain is shorter.
+    pub fn skip(&mut self, n: u64) -> bool {
+        let mut n = n;
+        while n > 0 {
+            let Some((_, take)) = self.piece(n) else { return false };
+            self.advance(take);
+            n -= take as u64;
+        }
+        true
+    }
+
+    /// Copies bytes at the cursor into `out`; returns how many.
+    pub fn gather(&mut self, out: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < out.len() {
+            let Some((p, take)) = self.piece((out.len() - done) as u64) else { break };
+            // SAFETY: `p..p+take` lies inside a segment translated (with its
+            // length) from the chain's memory, which the chain keeps mapped;
+            // `out[done..done+take]` is in bounds. Tenant memory never
+            // overlaps the daemon's own buffer.
+            unsafe { std::ptr::copy_nonoverlapping(p, out.as_mut_ptr().add(done), take) };
+            self.advance(take);
+            done += take;
+        }
+        done
+    }
+
+    /// Writes `data` at the cursor; returns how many bytes fitted.
+    pub fn scatter(&mut self, data: &[u8]) -> usize {
+        let mut done = 0;
+        while done < data.len() {
+            let Some((p, take)) = self.piece((data.len() - done) as u64) else { break };
+            // SAFETY: as in `gather`, with the roles swapped. RX chains are
+            // only walked with `Access::DeviceWrites`, so the tenant marked
+            // these bytes writable.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(done), p, take) };
+            self.advance(take);
+            done += take;
+        }
+        done
+    }
+}
+
+/// Copies up to `len` bytes from `src` to `dst`, advancing both; returns the
+/// number copied (less than `len` when either chain ends).
+#[inline]
+pub fn copy(src: &mut Cursor<'_>, dst: &mut Cursor<'_>, len: u64) -> u64 {
+    let mut left = len;
+    while left > 0 {
+        let Some((s, s_take)) = src.piece(left) else { break };
+        let Some((d, d_take)) = dst.piece(s_take as u64) else { break };
+        // SAFETY: `s..s+d_take` and `d..d+d_take` each lie inside a segment
+        // translated from its chain's memory (d_take <= s_take, both bounded
+        // by their segments), kept mapped by the chains. They are in two
+        // different mappings of tenant memory, so they do not overlap in our
+        // address space.
+        unsafe { std::ptr::copy_nonoverlapping(s, d, d_take) };
+        src.advance(d_take);
+        dst.advance(d_take);
+        left -= d_take as u64;
+    }
+    len - left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Access;
+    use crate::ring::tests::{TestRing, BUF_OFF, GPA};
+    use crate::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
+
+    #[test]
+    fn copies_across_uneven_segments() {
+        let t = TestRing::new(16);
+        let r = t.ring(false);
+        let payload: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        // Source: 3 buffers of 100, 400, 500 bytes, not adjacent.
+        let src = [(0u64, 100u32), (2000, 400), (5000, 500)];
+        let mut off = 0;
+        for (i, (o, l)) in src.iter().enumerate() {
+            t.write(GPA + BUF_OFF + o, &payload[off..off + *l as usize]);
+            off += *l as usize;
+            let flags = if i < 2 { DESC_F_NEXT } else { 0 };
+            t.set_desc(i as u16, Desc { addr: GPA + BUF_OFF + o, len: *l, flags, next: i as u16 + 1 });
+        }
+        // Destination: 7 x 150 bytes.
+        for i in 0..7u16 {
+            let flags = DESC_F_WRITE | if i < 6 { DESC_F_NEXT } else { 0 };
+            t.set_desc(8 + i, Desc { addr: GPA + BUF_OFF + 0x10000 + 300 * i as u64, len: 150, flags, next: 9 + i });
+        }
+        let (mut a, mut b) = (Chain::default(), Chain::default());
+        a.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        b.walk(&r, 8, Access::DeviceWrites, false).unwrap();
+        let (mut sc, mut dc) = (Cursor::new(&a), Cursor::new(&b));
+        assert!(sc.skip(10));
+        assert_eq!(dc.scatter(&[0xee; 10]), 10);
+        assert_eq!(copy(&mut sc, &mut dc, 5000), 990);
+        let mut got = Vec::new();
+        for i in 0..7u64 {
+            got.extend(t.read(GPA + BUF_OFF + 0x10000 + 300 * i, 150));
+        }
+        assert_eq!(&got[..10], &[0xee; 10]);
+        assert_eq!(&got[10..1000], &payload[10..]);
+    }
+
+    #[test]
+    fn stops_at_the_shorter_chain() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        t.set_desc(0, Desc { addr: GPA + BUF_OFF, len: 100, flags: 0, next: 0 });
+        t.set_desc(1, Desc { addr: GPA + BUF_OFF + 4096, len: 40, flags: DESC_F_WRITE, next: 0 });
+        let (mut a, mut b) = (Chain::default(), Chain::default());
+        a.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        b.walk(&r, 1, Access::DeviceWrites, false).unwrap();
+        let (mut sc, mut dc) = (Cursor::new(&a), Cursor::new(&b));
+        assert_eq!(copy(&mut sc, &mut dc, 100), 40);
+        assert_eq!(sc.remaining(), 60);
+        assert_eq!(dc.remaining(), 0);
+        let mut hdr = [0u8; 200];
+        assert_eq!(sc.gather(&mut hdr), 60);
+    }
+}

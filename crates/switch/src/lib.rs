@@ -1,0 +1,272 @@
+//! Stage ④ of the adapter: the embedded switch (a VEB, as the legacy eSwitch
+//! of an SR-IOV NIC).
+//!
+//! Sans-IO and deterministic: the caller passes the time in milliseconds and
+//! owns all threads. The data path asks [`Fdb::forward`] where a frame goes
+//! and tells [`Fdb::learn`] which source address it saw on which port.
+//!
+//! * Each VF's own MAC is a *static* entry: learning never moves it.
+//! * Other unicast sources are learned (bounded table, aged out).
+//! * Broadcast, multicast and unknown unicast are flooded to every other port;
+//!   nothing is ever sent back to the port it came from.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+
+use vfnic_types::MacAddr;
+
+/// A switch port: a VF today, an uplink later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u16);
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// To exactly this port.
+    Unicast(PortId),
+    /// To every port but the ingress one.
+    Flood,
+    /// Nowhere: the destination is the ingress port itself.
+    Hairpin,
+}
+
+/// Outcome of [`Fdb::learn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learn {
+    /// Already known on this port (refreshed).
+    Known,
+    /// New entry or an entry that moved from another port.
+    Learned,
+    /// Not learned: group/zero address, a static address of another port,
+    /// or a full table.
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Learned {
+    port: PortId,
+    last_seen_ms: u64,
+}
+
+/// Default ageing time of learned entries (IEEE 802.1D default: 300 s).
+pub const DEFAULT_AGEING_MS: u64 = 300_000;
+/// Default bound of the learned table; a tenant spraying source addresses
+/// cannot grow the daemon beyond it.
+pub const DEFAULT_MAX_LEARNED: usize = 4096;
+
+/// The forwarding database.
+#[derive(Debug, Clone)]
+pub struct Fdb {
+    statics: HashMap<MacAddr, PortId>,
+    learned: HashMap<MacAddr, Learned>,
+    max_learned: usize,
+    ageing_ms: u64,
+}
+
+impl Default for Fdb {
+    fn default() -> Self {
+        Fdb::new(DEFAULT_MAX_LEARNED, DEFAULT_AGEING_MS)
+    }
+}
+
+impl Fdb {
+    /// An empty table holding at most `max_learned` learned entries, each
+    /// forgotten `ageing_ms` after it was last seen.
+    pub fn new(max_learned: usize, ageing_ms: u64) -> Self {
+        Fdb { statics: HashMap::new(), learned: HashMap::new(), max_learned, ageing_ms }
+    }
+
+    /// Binds `mac` to `port` for good (a VF's own address). Replaces any
+    /// static or learned entry for `mac`.
+    pub fn set_static(&mut self, mac: MacAddr, port: PortId) {
+        self.learned.remove(&mac);
+        self.statics.insert(mac, port);
+    }
+
+    /// Removes the static entry of `mac`, if any.
+    pub fn remove_static(&mut self, mac: MacAddr) {
+        self.statics.remove(&mac);
+    }
+
+    /// Forgets every learned entry behind `port` (the tenant went away).
+    pub fn flush_port(&mut self, port: PortId) {
+        self.learned.retain(|_, e| e.port != port);
+    }
+
+    /// Looks up the port of a unicast address.
+    pub fn lookup(&self, mac: MacAddr) -> Option<PortId> {
+        self.statics.get(&mac).copied().or_else(|| self.learned.get(&mac).map(|e| e.port))
+    }
+
+    /// Decides where a frame from `ingress` to `dst` goes.
+    pub fn forward(&self, ingress: PortId, dst: MacAddr) -> Forward {
+        if dst.is_multicast() {
+            return Forward::Flood;
+        }
+        match self.lookup(dst) {
+            Some(p) if p == ingress => Forward::Hairpin,
+            Some(p) => Forward::Unicast(p),
+            None => Forward::Flood,
+        }
+    }
+
+    /// True when [`Fdb::learn`] would change nothing: lets the data path
+    /// check under a read lock and take the write lock only on a change.
+    pub fn is_learned(&self, src: MacAddr, port: PortId, now_ms: u64) -> bool {
+        if !src.is_unicast() {
+            return true;
+        }
+        match self.statics.get(&src) {
+            Some(_) => true,
+            None => self.learned.get(&src).is_some_and(|e| {
+                e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2
+            }),
+        }
+    }
+
+    /// Records that `src` was seen on `port` at `now_ms`.
+    pub fn learn(&mut self, src: MacAddr, port: PortId, now_ms: u64) -> Learn {
+        if !src.is_unicast() || self.statics.contains_key(&src) {
+            return Learn::Ignored;
+        }
+        if let Some(e) = self.learned.get_mut(&src) {
+            let moved = e.port != port;
+            *e = Learned { port, last_seen_ms: now_ms };
+            return if moved { Learn::Learned } else { Learn::Known };
+        }
+        if self.learned.len() >= self.max_learned {
+            self.age(now_ms);
+            if self.learned.len() >= self.max_learned {
+                return Learn::Ignored;
+            }
+        }
+        self.learned.insert(src, Learned { port, last_seen_ms: now_ms });
+        Learn::Learned
+    }
+
+    /// Drops learned entries not seen for the ageing time.
+    pub fn age(&mut self, now_ms: u64) {
+        let ageing = self.ageing_ms;
+        self.learned.retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < ageing);
+    }
+
+    /// Number of learned (non-static) entries.
+    pub fn learned_len(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Every entry as (address, port, is_static), sorted by address.
+    pub fn entries(&self) -> Vec<(MacAddr, PortId, bool)> {
+        let mut v: Vec<_> = self
+            .statics
+            .iter()
+            .map(|(m, p)| (*m, *p, true))
+            .chain(self.learned.iter().map(|(m, e)| (*m, e.port, false)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const P0: PortId = PortId(0);
+    const P1: PortId = PortId(1);
+    const P2: PortId = PortId(2);
+
+    fn vf_fdb() -> Fdb {
+        let mut f = Fdb::default();
+        f.set_static(MacAddr::for_vf(0), P0);
+        f.set_static(MacAddr::for_vf(1), P1);
+        f
+    }
+
+    #[test]
+    fn unicast_to_static_mac() {
+        let f = vf_fdb();
+        assert_eq!(f.forward(P0, MacAddr::for_vf(1)), Forward::Unicast(P1));
+        assert_eq!(f.forward(P1, MacAddr::for_vf(0)), Forward::Unicast(P0));
+    }
+
+    #[test]
+    fn never_back_to_sender() {
+        let f = vf_fdb();
+        assert_eq!(f.forward(P0, MacAddr::for_vf(0)), Forward::Hairpin);
+    }
+
+    #[test]
+    fn group_and_unknown_flood() {
+        let f = vf_fdb();
+        assert_eq!(f.forward(P0, MacAddr::BROADCAST), Forward::Flood);
+        assert_eq!(f.forward(P0, "33:33:00:00:00:01".parse().unwrap()), Forward::Flood);
+        assert_eq!(f.forward(P0, "02:00:00:00:00:99".parse().unwrap()), Forward::Flood);
+    }
+
+    #[test]
+    fn learns_moves_and_ages() {
+        let mut f = vf_fdb();
+        let m: MacAddr = "02:aa:00:00:00:01".parse().unwrap();
+        assert_eq!(f.learn(m, P2, 0), Learn::Learned);
+        assert_eq!(f.forward(P0, m), Forward::Unicast(P2));
+        assert_eq!(f.learn(m, P2, 10), Learn::Known);
+        assert_eq!(f.learn(m, P1, 20), Learn::Learned);
+        assert_eq!(f.forward(P0, m), Forward::Unicast(P1));
+        f.age(20 + DEFAULT_AGEING_MS);
+        assert_eq!(f.forward(P0, m), Forward::Flood);
+    }
+
+    #[test]
+    fn static_mac_cannot_be_stolen() {
+        let mut f = vf_fdb();
+        assert_eq!(f.learn(MacAddr::for_vf(0), P1, 0), Learn::Ignored);
+        assert_eq!(f.forward(P2, MacAddr::for_vf(0)), Forward::Unicast(P0));
+        assert_eq!(f.learn(MacAddr::BROADCAST, P1, 0), Learn::Ignored);
+    }
+
+    #[test]
+    fn learned_table_is_bounded() {
+        let mut f = Fdb::new(2, 1000);
+        let mac = |i: u8| MacAddr([2, 0, 0, 0, 0, i]);
+        assert_eq!(f.learn(mac(1), P0, 0), Learn::Learned);
+        assert_eq!(f.learn(mac(2), P0, 0), Learn::Learned);
+        assert_eq!(f.learn(mac(3), P0, 1), Learn::Ignored);
+        // Once the old ones age out there is room again.
+        assert_eq!(f.learn(mac(3), P0, 1000), Learn::Learned);
+        assert_eq!(f.learned_len(), 1);
+    }
+
+    #[test]
+    fn flush_port_forgets_only_that_port() {
+        let mut f = vf_fdb();
+        f.learn(MacAddr([2, 0, 0, 0, 0, 1]), P0, 0);
+        f.learn(MacAddr([2, 0, 0, 0, 0, 2]), P2, 0);
+        f.flush_port(P2);
+        assert_eq!(f.learned_len(), 1);
+        assert_eq!(f.entries().len(), 3);
+    }
+
+    proptest! {
+        /// Whatever a tenant sends, a frame never goes back to its ingress
+        /// port and static addresses never move.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec((0u16..4, any::<[u8; 6]>(), any::<[u8; 6]>()), 1..200)) {
+            let mut f = vf_fdb();
+            for (i, (port, src, dst)) in ops.into_iter().enumerate() {
+                let port = PortId(port);
+                f.learn(MacAddr(src), port, i as u64);
+                match f.forward(port, MacAddr(dst)) {
+                    Forward::Unicast(p) => prop_assert_ne!(p, port),
+                    Forward::Hairpin => prop_assert_eq!(f.lookup(MacAddr(dst)), Some(port)),
+                    Forward::Flood => {}
+                }
+                prop_assert_eq!(f.lookup(MacAddr::for_vf(0)), Some(P0));
+                prop_assert_eq!(f.lookup(MacAddr::for_vf(1)), Some(P1));
+                prop_assert!(f.learned_len() <= DEFAULT_MAX_LEARNED);
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Per-function counters: lock-free, updated by the engines, read by the
+//! control plane.
+//!
+//! Directions are the tenant's: `tx` is what the tenant sent into the adapter,
+//! `rx` what the adapter delivered to the tenant (as `ip -s link` inside the
+//! guest would count them).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// A monotonically increasing event counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n` events.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one event.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+
+        impl $name {
+            /// Every value, in counter order.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+
+            /// Stable counter name used in `vfnic stats`.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a frame was dropped. The name says on which side of the function
+    /// it counts (`tx_` = a frame the tenant sent, `rx_` = a frame for it).
+    DropReason {
+        /// The TX descriptor chain was malformed (see the error counters).
+        TxBadDescriptor => "tx_dropped_bad_descriptor",
+        /// Shorter than an Ethernet header.
+        TxRunt => "tx_dropped_runt",
+        /// Longer than the function's MTU allows.
+        TxOversize => "tx_dropped_oversize",
+        /// The sending function's link is administratively down.
+        TxLinkDown => "tx_dropped_link_down",
+        /// Unicast to the sender itself (no hairpin on a VEB).
+        TxHairpin => "tx_dropped_hairpin",
+        /// The receiver had no RX buffer posted.
+        RxNoBuffer => "rx_dropped_no_buffer",
+        /// The receiver's buffer chain cannot hold the frame.
+        RxBufferTooSmall => "rx_dropped_buffer_too_small",
+        /// The receiver's RX chain was malformed (see the error counters).
+        RxBadDescriptor => "rx_dropped_bad_descriptor",
+        /// The receiver's link is administratively down.
+        RxLinkDown => "rx_dropped_link_down",
+        /// The receiver has no tenant attached or its RX queue is not started.
+        RxNotReady => "rx_dropped_not_ready",
+    }
+}
+
+impl DropReason {
+    /// True for reasons counted against frames the tenant sent.
+    pub fn is_tx(self) -> bool {
+        self.as_str().starts_with("tx_")
+    }
+}
+
+reasons! {
+    /// A fault caused by the tenant: malformed protocol messages or rings.
+    ErrorKind {
+        /// A vhost-user message that could not be framed or parsed.
+        MsgMalformed => "msg_malformed",
+        /// A vhost-user request code the backend does not know.
+        MsgUnknown => "msg_unknown",
+        /// A well-formed request refused (bad index, bad state, bad value).
+        MsgRefused => "msg_refused",
+        /// A memory table refused (overlap, size beyond its file, too many regions).
+        MemTableRefused => "mem_table_refused",
+        /// A vring address outside the memory table.
+        RingAddrInvalid => "ring_addr_invalid",
+        /// A descriptor pointing outside the memory table.
+        DescOutOfBounds => "desc_out_of_bounds",
+        /// A descriptor chain that loops or is longer than the ring.
+        ChainLoop => "desc_chain_loop",
+        /// A descriptor index or next index beyond the ring.
+        DescIndexInvalid => "desc_index_invalid",
+        /// A length that overflows, or an indirect table of bad size.
+        DescLengthInvalid => "desc_length_invalid",
+        /// More buffers announced in the avail ring than the ring holds.
+        AvailIndexInvalid => "avail_idx_invalid",
+        /// Writable descriptors in a TX chain, or read-only ones in an RX chain.
+        DescPermission => "desc_permission",
+        /// A queue faulted by a ring error; it stays stopped until reset.
+        QueueFaulted => "queue_faulted",
+        /// The tenant connection was closed because of a protocol error.
+        ConnectionClosed => "connection_closed_on_error",
+    }
+}
+
+/// Counters of one virtual function.
+#[derive(Debug, Default)]
+pub struct VfCounters {
+    /// Frames the tenant sent that entered the switch.
+    pub tx_packets: Counter,
+    /// Bytes of those frames (Ethernet frame, without the virtio-net header).
+    pub tx_bytes: Counter,
+    /// Frames delivered to the tenant.
+    pub rx_packets: Counter,
+    /// Bytes of those frames.
+    pub rx_bytes: Counter,
+    /// Kicks (doorbells) received from the tenant and acted upon.
+    pub kicks: Counter,
+    /// Interrupts (call eventfd writes) sent to the tenant.
+    pub interrupts: Counter,
+    /// Times the tenant connected.
+    pub connects: Counter,
+    drops: [Counter; 10],
+    errors: [Counter; 13],
+}
+
+impl VfCounters {
+    /// Counts `n` frames dropped for `reason`.
+    #[inline]
+    pub fn drop_frames(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].add(n);
+    }
+
+    /// Counts one tenant fault of `kind`.
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    /// Frames dropped for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    /// Faults of `kind` so far.
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize].get()
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> VfCountersSnapshot {
+        let drops: BTreeMap<&'static str, u64> =
+            DropReason::ALL.iter().map(|r| (r.as_str(), self.drops(*r))).collect();
+        let side = |tx: bool| {
+            DropReason::ALL
+                .iter()
+                .filter(|r| r.is_tx() == tx)
+                .map(|r| self.drops(*r))
+                .sum()
+        };
+        VfCountersSnapshot {
+            tx_packets: self.tx_packets.get(),
+            tx_bytes: self.tx_bytes.get(),
+            rx_packets: self.rx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_dropped: side(true),
+            rx_dropped: side(false),
+            kicks: self.kicks.get(),
+            interrupts: self.interrupts.get(),
+            connects: self.connects.get(),
+            drops,
+            errors: ErrorKind::ALL.iter().map(|k| (k.as_str(), self.errors(*k))).collect(),
+        }
+    }
+}
+
+/// Plain copy of [`VfCounters`], as reported by `vfnic stats`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct VfCountersSnapshot {
+    /// Frames the tenant sent.
+    pub tx_packets: u64,
+    /// Bytes the tenant sent.
+    pub tx_bytes: u64,
+    /// Frames delivered to the tenant.
+    pub rx_packets: u64,
+    /// Bytes delivered to the tenant.
+    pub rx_bytes: u64,
+    /// Sum of the `tx_dropped_*` reasons.
+    pub tx_dropped: u64,
+    /// Sum of the `rx_dropped_*` reasons.
+    pub rx_dropped: u64,
+    /// Doorbells received.
+    pub kicks: u64,
+    /// Interrupts sent.
+    pub interrupts: u64,
+    /// Tenant connections accepted.
+    pub connects: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Tenant faults by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_cover_every_reason() {
+        let c = VfCounters::default();
+        for r in DropReason::ALL {
+            c.drop_frames(*r, 1);
+        }
+        for k in ErrorKind::ALL {
+            c.error(*k);
+        }
+        let s = c.snapshot();
+        assert_eq!(s.tx_dropped + s.rx_dropped, DropReason::ALL.len() as u64);
+        assert_eq!(s.errors.values().sum::<u64>(), ErrorKind::ALL.len() as u64);
+        assert_eq!(s.tx_dropped, 5);
+    }
+}

@@ -1,0 +1,154 @@
+//! Writing one frame into a receiver's RX queue: the copy's destination
+//! side.
+
+use vfnic_dma::chain::Access;
+use vfnic_dma::copy::{copy, Cursor};
+use vfnic_dma::{Chain, SplitRing};
+use vfnic_op::{features, Function, VringState};
+use vfnic_types::{DropReason, ErrorKind};
+
+/// Most RX buffers one frame may be merged over (`MRG_RXBUF`).
+pub const MAX_MERGE: usize = 32;
+
+/// Reusable RX chains, so delivering allocates nothing.
+pub struct RxScratch {
+    chains: Vec<Chain>,
+}
+
+impl Default for RxScratch {
+    fn default() -> Self {
+        RxScratch { chains: (0..MAX_MERGE).map(|_| Chain::default()).collect() }
+    }
+}
+
+/// A frame to deliver: the sender's walked TX chain, where the Ethernet
+/// frame starts in it, and the frame's length.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    /// The sender's TX chain.
+    pub chain: &'a Chain,
+    /// Bytes of virtio-net header before the frame.
+    pub offset: u64,
+    /// Ethernet frame length.
+    pub len: u64,
+}
+
+impl Frame<'_> {
+    fn cursor(&self) -> Cursor<'_> {
+        let mut c = Cursor::new(self.chain);
+        c.skip(self.offset);
+        c
+    }
+}
+
+/// Faults a queue: the tenant broke its ring. It stays stopped until the
+/// tenant reprograms or resets it.
+pub fn fault_queue(f: &Function, s: &mut VringState, kind: ErrorKind, queue: u16) {
+    f.counters.error(kind);
+    f.counters.error(ErrorKind::QueueFaulted);
+    s.fault();
+    f.set_needs_reset();
+    tracing::warn!(vf = f.id.0, queue, error = kind.as_str(), "queue faulted by a tenant error");
+}
+
+/// Copies `frame` into `dest`'s RX queue 0. On success the used entries are
+/// published; the caller raises the interrupt once per burst.
+pub fn deliver(dest: &Function, frame: Frame<'_>, scratch: &mut RxScratch) -> Result<(), DropReason> {
+    if !dest.link_up() {
+        return Err(DropReason::RxLinkDown);
+    }
+    let rx = dest.rx(0);
+    let mut s = rx.lock();
+    if !s.ready() {
+        return Err(DropReason::RxNotReady);
+    }
+    let acked = dest.acked_features();
+    let hdr_len = features::net_hdr_len(acked) as u64;
+    let mergeable = features::mergeable(acked);
+    let indirect = s.indirect;
+    let ring = s.ring.as_mut().expect("ready() checked the ring");
+    let result = fill(ring, frame, hdr_len, mergeable, indirect, scratch);
+    ring.publish_used();
+    match result {
+        Ok(()) => {
+            dest.counters.rx_packets.inc();
+            dest.counters.rx_bytes.add(frame.len);
+            Ok(())
+        }
+        Err(Fill::Drop(r)) => Err(r),
+        Err(Fill::Fault(kind)) => {
+            fault_queue(dest, &mut s, kind, rx.index);
+            Err(DropReason::RxBadDescriptor)
+        }
+    }
+}
+
+enum Fill {
+    Drop(DropReason),
+    Fault(ErrorKind),
+}
+
+fn fill(
+    ring: &mut SplitRing,
+    frame: Frame<'_>,
+    hdr_len: u64,
+    mergeable: bool,
+    indirect: bool,
+    scratch: &mut RxScratch,
+) -> Result<(), Fill> {
+    let avail = ring.pending().map_err(|_| Fill::Fault(ErrorKind::AvailIndexInvalid))?;
+    if avail == 0 {
+        return Err(Fill::Drop(DropReason::RxNoBuffer));
+    }
+    let need = hdr_len + frame.len;
+    let max = if mergeable { (avail as usize).min(MAX_MERGE) } else { 1 };
+    let mut taken = 0usize;
+    let mut capacity = 0u64;
+    while capacity < need && taken < max {
+        let head = ring.pop_head().map_err(|_| Fill::Fault(ErrorKind::DescIndexInvalid))?;
+        let chain = &mut scratch.chains[taken];
+        taken += 1;
+        if let Err(e) = chain.walk(ring, head, Access::DeviceWrites, indirect) {
+            // Give back what we took so far unwritten; the faulty one too.
+            for c in &scratch.chains[..taken] {
+                ring.push_used(c.head(), 0);
+            }
+            return Err(Fill::Fault(e.kind()));
+        }
+        if taken == 1 && chain.len() < hdr_len {
+            // Too small even for the header: refused, never half-written.
+            ring.push_used(head, 0);
+            return Err(Fill::Drop(DropReason::RxBufferTooSmall));
+        }
+        capacity += chain.len();
+    }
+    if capacity < need {
+        if mergeable && taken == avail as usize {
+            // Not enough buffers yet: leave them for the next frame.
+            ring.unpop(taken as u16);
+            return Err(Fill::Drop(DropReason::RxNoBuffer));
+        }
+        for c in &scratch.chains[..taken] {
+            ring.push_used(c.head(), 0);
+        }
+        return Err(Fill::Drop(DropReason::RxBufferTooSmall));
+    }
+    // virtio_net_hdr: no offloads, num_buffers = buffers used.
+    let mut hdr = [0u8; 12];
+    hdr[10..12].copy_from_slice(&(taken as u16).to_le_bytes());
+    let mut src = frame.cursor();
+    let mut left = frame.len;
+    for (i, c) in scratch.chains[..taken].iter().enumerate() {
+        let mut dst = Cursor::new(c);
+        let mut written = 0u64;
+        if i == 0 {
+            written += dst.scatter(&hdr[..hdr_len as usize]) as u64;
+        }
+        let n = copy(&mut src, &mut dst, left);
+        left -= n;
+        written += n;
+        ring.push_used(c.head(), written as u32);
+    }
+    debug_assert_eq!(left, 0);
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! A virtual function: configuration space, queue pairs, counters.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use vfnic_types::{LinkState, MacAddr, VfCounters, VfId};
+
+use crate::vring::Vring;
+
+/// What the data plane wants to hear from the operation module.
+pub trait DataPlaneHooks: Send + Sync {
+    /// A queue of `vf` started, stopped or got a new doorbell: the engine
+    /// serving it must look at it again.
+    fn queues_changed(&self, vf: VfId);
+}
+
+/// Hooks that do nothing (tests, and functions not yet attached).
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl DataPlaneHooks for NoHooks {
+    fn queues_changed(&self, _vf: VfId) {}
+}
+
+/// Administrator-owned settings of a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSettings {
+    /// The VF's MAC address (what the switch forwards to).
+    pub mac: MacAddr,
+    /// Largest frame payload (IP packet) the VF may send or receive.
+    pub mtu: u16,
+    /// Administrative link state.
+    pub link: LinkState,
+    /// Path of the vhost-user socket.
+    pub socket: PathBuf,
+}
+
+/// `VIRTIO_CONFIG_S_NEEDS_RESET`.
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+/// `VIRTIO_NET_S_LINK_UP`.
+const NET_S_LINK_UP: u16 = 1;
+
+/// A virtual function.
+pub struct Function {
+    /// Its index on the physical function.
+    pub id: VfId,
+    /// Its counters.
+    pub counters: VfCounters,
+    settings: RwLock<FunctionSettings>,
+    mtu: AtomicU16,
+    link_up: AtomicBool,
+    vrings: Vec<Vring>,
+    queue_pairs: u16,
+    connected: AtomicBool,
+    acked_features: AtomicU64,
+    status: AtomicU8,
+    hooks: OnceLock<Arc<dyn DataPlaneHooks>>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("id", &self.id).field("settings", &self.settings()).finish()
+    }
+}
+
+impl Function {
+    /// A function with `queue_pairs` queue pairs plus a control queue.
+    pub fn new(id: VfId, settings: FunctionSettings, queue_pairs: u16) -> Function {
+        let queue_pairs = queue_pairs.max(1);
+        Function {
+            id,
+            counters: VfCounters::default(),
+            mtu: AtomicU16::new(settings.mtu),
+            link_up: AtomicBool::new(settings.link == LinkState::Up),
+            settings: RwLock::new(settings),
+            vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
+            queue_pairs,
+            connected: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
+            status: AtomicU8::new(0),
+            hooks: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the data plane (once).
+    pub fn attach(&self, hooks: Arc<dyn DataPlaneHooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    /// Tells the data plane the queues changed.
+    pub fn queues_changed(&self) {
+        if let Some(h) = self.hooks.get() {
+            h.queues_changed(self.id);
+        }
+    }
+
+    /// A copy of the settings.
+    pub fn settings(&self) -> FunctionSettings {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the settings with `f`.
+    pub fn update_settings(&self, f: impl FnOnce(&mut FunctionSettings)) {
+        let mut s = self.settings.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+        self.mtu.store(s.mtu, Ordering::Relaxed);
+        self.link_up.store(s.link == LinkState::Up, Ordering::Relaxed);
+    }
+
+    /// Administrative link up (fast path read).
+    #[inline]
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Ordering::Relaxed)
+    }
+
+    /// MTU (fast path read).
+    #[inline]
+    pub fn mtu(&self) -> u16 {
+        self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Number of queue pairs.
+    pub fn queue_pairs(&self) -> u16 {
+        self.queue_pairs
+    }
+
+    /// Every virtqueue: RX0, TX0, RX1, TX1, ..., control.
+    pub fn vrings(&self) -> &[Vring] {
+        &self.vrings
+    }
+
+    /// A virtqueue by index.
+    pub fn vring(&self, index: u32) -> Option<&Vring> {
+        self.vrings.get(index as usize)
+    }
+
+    /// RX queue of queue pair `qp`.
+    pub fn rx(&self, qp: u16) -> &Vring {
+        &self.vrings[2 * qp as usize]
+    }
+
+    /// TX queue of queue pair `qp`.
+    pub fn tx(&self, qp: u16) -> &Vring {
+        &self.vrings[2 * qp as usize + 1]
+    }
+
+    /// The control queue (VF-to-PF mailbox).
+    pub fn ctrl(&self) -> &Vring {
+        &self.vrings[2 * self.queue_pairs as usize]
+    }
+
+    /// A tenant is attached.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Marks a tenant attached or gone. On detach every queue is reset.
+    pub fn set_connected(&self, on: bool) {
+        self.connected.store(on, Ordering::Relaxed);
+        if on {
+            self.counters.connects.inc();
+        } else {
+            self.reset_device();
+        }
+    }
+
+    /// Device reset: queues back to unconfigured, features and status
+    /// cleared. The tenant connection, if any, stays.
+    pub fn reset_device(&self) {
+        for v in &self.vrings {
+            v.lock().reset();
+        }
+        self.acked_features.store(0, Ordering::Relaxed);
+        self.status.store(0, Ordering::Relaxed);
+        self.queues_changed();
+    }
+
+    /// Features the tenant acknowledged.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Relaxed)
+    }
+
+    /// Records acknowledged features.
+    pub fn set_acked_features(&self, f: u64) {
+        self.acked_features.store(f, Ordering::Relaxed);
+    }
+
+    /// Virtio device status byte.
+    pub fn status(&self) -> u8 {
+        self.status.load(Ordering::Relaxed)
+    }
+
+    /// Sets the device status byte.
+    pub fn set_status(&self, s: u8) {
+        self.status.store(s, Ordering::Relaxed);
+    }
+
+    /// Flags the device as needing a reset (after a queue fault).
+    pub fn set_needs_reset(&self) {
+        self.status.fetch_or(STATUS_NEEDS_RESET, Ordering::Relaxed);
+    }
+
+    /// True if any queue is faulted.
+    pub fn faulted(&self) -> bool {
+        self.vrings.iter().any(|v| v.lock().faulted)
+    }
+
+    /// The virtio-net configuration space (`struct virtio_net_config`):
+    /// mac, status, max_virtqueue_pairs, mtu.
+    pub fn config_space(&self) -> [u8; 12] {
+        let s = self.settings();
+        let mut c = [0u8; 12];
+        c[..6].copy_from_slice(&s.mac.0);
+        let status = if s.link == LinkState::Up { NET_S_LINK_UP } else { 0 };
+        c[6..8].copy_from_slice(&status.to_le_bytes());
+        c[8..10].copy_from_slice(&self.queue_pairs.to_le_bytes());
+        c[10..12].copy_from_slice(&s.mtu.to_le_bytes());
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f() -> Function {
+        Function::new(
+            VfId(3),
+            FunctionSettings { mac: MacAddr::for_vf(3), mtu: 1500, link: LinkState::Up, socket: "x".into() },
+            2,
+        )
+    }
+
+    #[test]
+    fn queue_layout() {
+        let f = f();
+        assert_eq!(f.vrings().len(), 5);
+        assert_eq!(f.rx(1).index, 2);
+        assert_eq!(f.tx(1).index, 3);
+        assert_eq!(f.ctrl().index, 4);
+    }
+
+    #[test]
+    fn config_space_and_link() {
+        let f = f();
+        let c = f.config_space();
+        assert_eq!(&c[..6], &MacAddr::for_vf(3).0);
+        assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1);
+        f.update_settings(|s| s.link = LinkState::Down);
+        assert!(!f.link_up());
+        assert_eq!(u16::from_le_bytes([f.config_space()[6], 0]), 0);
+    }
+}

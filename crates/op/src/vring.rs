@@ -1,0 +1,127 @@
+//! One virtqueue's context (a "queue context" of an SR-IOV NIC).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vfnic_dma::{GuestMemory, RingAddrs, RingError, SplitRing};
+
+use crate::fd::Doorbell;
+
+/// Ring configuration and run state, written by the bus interface and read
+/// by the engines, always under [`Vring::lock`].
+#[derive(Debug, Default)]
+pub struct VringState {
+    /// `SET_VRING_NUM`.
+    pub size: u32,
+    /// `SET_VRING_ADDR`.
+    pub addrs: Option<RingAddrs>,
+    /// `SET_VRING_BASE`: next avail index when the ring starts.
+    pub base: u16,
+    /// Doorbell (`SET_VRING_KICK`); `None` in polling mode.
+    pub kick: Option<Doorbell>,
+    /// Interrupt line (`SET_VRING_CALL`).
+    pub call: Option<Doorbell>,
+    /// Error line (`SET_VRING_ERR`).
+    pub err: Option<Doorbell>,
+    /// `SET_VRING_ENABLE`.
+    pub enabled: bool,
+    /// A `SET_VRING_KICK` arrived: the ring is started.
+    pub started: bool,
+    /// A ring fault (bad descriptor, runaway index) stopped the queue until
+    /// the tenant reprograms or resets it.
+    pub faulted: bool,
+    /// Features that shape ring access, from the negotiated set.
+    pub event_idx: bool,
+    /// `INDIRECT_DESC` negotiated.
+    pub indirect: bool,
+    mem: Option<Arc<GuestMemory>>,
+    /// The mapped ring, present while started with valid addresses.
+    pub ring: Option<SplitRing>,
+}
+
+impl VringState {
+    /// True when the engines may move packets through this queue.
+    #[inline]
+    pub fn ready(&self) -> bool {
+        self.enabled && !self.faulted && self.ring.is_some()
+    }
+
+    /// Installs a new memory table, remapping a started ring onto it.
+    pub fn set_mem(&mut self, mem: Option<Arc<GuestMemory>>) -> Result<(), RingError> {
+        if let Some(r) = &self.ring {
+            self.base = r.next_avail();
+        }
+        self.mem = mem;
+        self.rebuild()
+    }
+
+    /// The current memory table.
+    pub fn mem(&self) -> Option<&Arc<GuestMemory>> {
+        self.mem.as_ref()
+    }
+
+    /// Rebuilds the mapped ring from the configuration (after any change).
+    /// A ring that does not map is left absent and the error returned.
+    pub fn rebuild(&mut self) -> Result<(), RingError> {
+        self.ring = None;
+        self.faulted = false;
+        let (Some(mem), Some(addrs), true) = (&self.mem, self.addrs, self.started) else {
+            return Ok(());
+        };
+        self.ring = Some(SplitRing::new(mem.clone(), self.size, addrs, self.base, self.event_idx)?);
+        Ok(())
+    }
+
+    /// Checks `addrs` against the current memory table without starting.
+    pub fn check_addrs(&self, addrs: RingAddrs) -> Result<(), RingError> {
+        match &self.mem {
+            Some(mem) => SplitRing::new(mem.clone(), self.size.max(1), addrs, 0, false).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the ring (`GET_VRING_BASE`) and returns the index to resume at.
+    pub fn stop(&mut self) -> u16 {
+        if let Some(r) = self.ring.take() {
+            self.base = r.next_avail();
+        }
+        self.started = false;
+        self.kick = None;
+        self.base
+    }
+
+    /// Back to the state of a fresh connection.
+    pub fn reset(&mut self) {
+        *self = VringState::default();
+    }
+
+    /// Marks the queue faulted and tells the tenant on its error line.
+    pub fn fault(&mut self) {
+        self.faulted = true;
+        if let Some(err) = &self.err {
+            err.signal();
+        }
+    }
+}
+
+/// One virtqueue of a function.
+#[derive(Debug)]
+pub struct Vring {
+    /// Index within the function (even = RX, odd = TX, last = control).
+    pub index: u16,
+    state: Mutex<VringState>,
+}
+
+impl Vring {
+    /// An unconfigured queue.
+    pub fn new(index: u16) -> Vring {
+        Vring { index, state: Mutex::new(VringState::default()) }
+    }
+
+    /// Locks the queue context. A panic in an engine that held the lock
+    /// does not poison the queue for good: the state stays usable and the
+    /// engine faults the queue itself.
+    #[inline]
+    pub fn lock(&self) -> MutexGuard<'_, VringState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,298 @@
+# tests/real/lib.sh — shared helpers for vfnic's real-client suites.
+# Source it from a suite (bash, set -euo pipefail), then call real_init NAME.
+#
+# Environment understood by every suite:
+#   BACKEND=vfnic|testpmd  what serves the VF sockets. `vfnic` (default) runs
+#                          the product; `testpmd` runs a DPDK net_vhost io-fwd
+#                          switch as a stand-in (vf0<->vf1) so the harness can be
+#                          exercised without the daemon; vfnic-only assertions
+#                          (its counters) are skipped then.
+#   VFNIC=path             the daemon binary (default target/release/vfnic)
+#   NUM_VFS=4 ENGINES=1    written into the generated vfnic config
+#   WORK_ROOT=/tmp         where the per-run work dir (logs, sockets) goes
+#   KEEP=1                 keep the work dir even when the suite passed
+#
+# Process model: every child runs under `timeout`, which makes itself a
+# process-group leader, so signalling the timeout pid (or its group) reaches
+# the child and its descendants. The EXIT trap stops all of them and then
+# double-checks with ps that nothing mentioning the work dir survived.
+
+REAL_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$REAL_LIB_DIR/../.." && pwd)
+
+BACKEND=${BACKEND:-vfnic}
+VFNIC=${VFNIC:-$REPO_ROOT/target/release/vfnic}
+NUM_VFS=${NUM_VFS:-4}
+ENGINES=${ENGINES:-1}
+WORK_ROOT=${WORK_ROOT:-/tmp}
+
+declare -A PROC_PID=()   # name -> pid of its `timeout` wrapper
+declare -A PROC_LOG=()   # name -> log file
+declare -a PROC_ORDER=() # start order (stopped in reverse)
+SUITE=""
+WORK=""
+RUN=""
+SUITE_OK=0
+T0=$SECONDS
+
+say() { echo "[$SUITE $(elapsed)s] $*"; }
+elapsed() { echo $((SECONDS - T0)); }
+
+# real_init NAME: work dir, run dir, traps. Call once, first.
+real_init() {
+    SUITE=$1
+    mkdir -p "$WORK_ROOT"
+    WORK=$(mktemp -d "$WORK_ROOT/vfnic-$SUITE.XXXXXX")
+    RUN="$WORK/run"
+    mkdir -p "$RUN"
+    T0=$SECONDS
+    trap real_cleanup EXIT
+    # Turn INT/TERM into a normal exit so the EXIT trap still cleans up.
+    trap 'say "interrupted"; exit 130' INT TERM
+    say "work dir $WORK (backend=$BACKEND)"
+}
+
+# fail MSG...: report, dump the tails of every log, exit 1 (cleanup runs).
+FAIL_MSG=""
+fail() {
+    FAIL_MSG="$*"
+    echo "[$SUITE] FAIL: $*" >&2
+    local f
+    for f in "$WORK"/*.log; do
+        [ -f "$f" ] || continue
+        echo "----- tail of $(basename "$f") -----" >&2
+        tail -n "${FAIL_TAIL:-40}" "$f" | tr -d '\r' >&2
+    done
+    exit 1
+}
+
+# pass: mark success (the work dir is then removed unless KEEP=1).
+pass() {
+    SUITE_OK=1
+    say "PASS${1:+: $*}"
+}
+
+# vf_mac N: the daemon's default MAC of VF N.
+vf_mac() { printf '02:76:66:6e:00:%02x' "$1"; }
+
+# spawn NAME SECS CMD...: run CMD in the background under `timeout SECS`,
+# stdin from /dev/null (testpmd and QEMU read stdin), output to NAME.log.
+spawn() {
+    local name=$1 secs=$2
+    shift 2
+    local log="$WORK/$name.log"
+    timeout -k 5 "$secs" "$@" </dev/null >"$log" 2>&1 &
+    PROC_PID[$name]=$!
+    PROC_LOG[$name]=$log
+    PROC_ORDER+=("$name")
+    echo "$*" > "$WORK/$name.cmd"
+}
+
+# nap SECS: sleep in short slices, so INT/TERM traps run promptly (bash
+# defers a trap until the foreground command ends).
+nap() {
+    local end=$((SECONDS + $1))
+    while [ $SECONDS -lt $end ]; do sleep 0.5; done
+}
+
+alive() { kill -0 "${PROC_PID[$1]}" 2>/dev/null; }
+
+# fail_if_dead NAME WHAT: fail with NAME's exit status if it has ended.
+fail_if_dead() {
+    alive "$1" && return 0
+    wait_exit "$1" 1 || true
+    fail "$1 exited (status $EXIT_RC) $2"
+}
+
+# wait_exit NAME SECS: wait up to SECS for NAME to end. Returns 0 and sets
+# EXIT_RC to its exit status, or returns 1 if it is still running.
+# (Not usable inside $(...): only this shell can reap its children.)
+EXIT_RC=0
+wait_exit() {
+    local pid=${PROC_PID[$1]} end=$((SECONDS + $2))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ $SECONDS -lt $end ] || return 1
+        sleep 0.2
+    done
+    EXIT_RC=0
+    wait "$pid" 2>/dev/null || EXIT_RC=$?
+    return 0
+}
+
+# stop_proc NAME [GRACE]: SIGTERM (timeout forwards it to the child), then
+# SIGKILL to the whole process group after GRACE seconds. Sets EXIT_RC.
+stop_proc() {
+    local name=$1 grace=${2:-10} pid=${PROC_PID[$1]}
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_exit "$name" "$grace" && return 0
+    say "$name ignored SIGTERM for ${grace}s; killing its process group"
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    wait_exit "$name" 5 || EXIT_RC=137
+}
+
+# wait_for_log NAME PATTERN SECS: wait until NAME.log matches the extended
+# regex PATTERN; fail if NAME dies or SECS pass first.
+wait_for_log() {
+    local name=$1 pat=$2 secs=$3 end
+    end=$((SECONDS + secs))
+    until tr -d '\r' <"${PROC_LOG[$name]}" | grep -aqE "$pat"; do
+        fail_if_dead "$name" "before printing /$pat/"
+        [ $SECONDS -lt $end ] || fail "$name did not print /$pat/ within ${secs}s"
+        sleep 0.2
+    done
+}
+
+# wait_for_sockets NAME SECS PATH...: wait until every PATH is a socket.
+wait_for_sockets() {
+    local name=$1 secs=$2 end p missing
+    shift 2
+    end=$((SECONDS + secs))
+    while :; do
+        missing=""
+        for p in "$@"; do [ -S "$p" ] || missing="$missing $p"; done
+        [ -z "$missing" ] && return 0
+        fail_if_dead "$name" "before creating:$missing"
+        [ $SECONDS -lt $end ] || fail "$name did not create within ${secs}s:$missing"
+        sleep 0.1
+    done
+}
+
+# live_pids_matching TEXT: pids (not zombies) whose command line has TEXT.
+live_pids_matching() {
+    local pid
+    for pid in $(pgrep -f -- "$1" || true); do
+        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in
+            "" | Z*) ;;
+            *) echo "$pid" ;;
+        esac
+    done
+}
+
+# real_cleanup: EXIT trap. Stop children newest first, sweep stragglers.
+real_cleanup() {
+    local rc=$? i name pids
+    trap - EXIT INT TERM
+    for ((i = ${#PROC_ORDER[@]} - 1; i >= 0; i--)); do
+        name=${PROC_ORDER[$i]}
+        if alive "$name"; then stop_proc "$name" 10; fi
+    done
+    # Anything still mentioning our work dir (sockets and logs live there)
+    # is ours: a grandchild that outlived its parent. Give it a few seconds
+    # to finish exiting (DPDK teardown is slow), then kill it.
+    if [ -n "$WORK" ]; then
+        pids=$(live_pids_matching "$WORK")
+        for i in $(seq 25); do
+            [ -n "$pids" ] || break
+            sleep 0.2
+            pids=$(live_pids_matching "$WORK")
+        done
+        if [ -n "$pids" ]; then
+            echo "[$SUITE] WARNING: killing leftover processes: $(echo $pids)" >&2
+            # shellcheck disable=SC2086
+            kill -KILL $pids 2>/dev/null || true
+        fi
+    fi
+    # DPDK --huge-unlink / --in-memory leave nothing behind; double-check.
+    if [ "$SUITE_OK" = 1 ] && [ "$rc" -eq 0 ] && [ "${KEEP:-0}" != 1 ]; then
+        rm -rf "$WORK"
+    elif [ -n "$WORK" ]; then
+        echo "[$SUITE] logs kept in $WORK" >&2
+    fi
+    # Repeat the verdict last, below the log tails, where CI readers look.
+    [ -z "$FAIL_MSG" ] || echo "[$SUITE] FAIL: $FAIL_MSG" >&2
+    [ "$rc" -eq 0 ] && [ "$SUITE_OK" != 1 ] && rc=1
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------- backends
+
+# write_vfnic_config FILE: the generated daemon config (defaults MACs).
+write_vfnic_config() {
+    cat >"$1" <<EOF
+# generated by tests/real/lib.sh for suite $SUITE
+num_vfs = $NUM_VFS
+engines = $ENGINES
+run_dir = "$RUN"
+EOF
+}
+
+vf_sockets() {
+    local n=$1 i
+    for ((i = 0; i < n; i++)); do echo "$RUN/vf$i.sock"; done
+}
+
+# start_backend: bring up whatever serves RUN/vf*.sock and wait until ready.
+start_backend() {
+    case "$BACKEND" in
+        vfnic) start_vfnic ;;
+        testpmd) start_testpmd_switch ;;
+        *) fail "unknown BACKEND=$BACKEND (vfnic|testpmd)" ;;
+    esac
+}
+
+start_vfnic() {
+    [ -x "$VFNIC" ] || fail "vfnic binary not found at $VFNIC (cargo build --release, or set VFNIC=)"
+    write_vfnic_config "$WORK/vfnic.toml"
+    say "starting vfnic: num_vfs=$NUM_VFS engines=$ENGINES"
+    spawn vfnic "${VFNIC_TIMEOUT:-600}" "$VFNIC" run --config "$WORK/vfnic.toml" --run-dir "$RUN"
+    # shellcheck disable=SC2046
+    wait_for_sockets vfnic 20 $(vf_sockets "$NUM_VFS") "$RUN/vfnic.sock"
+    say "vfnic ready"
+}
+
+# The stand-in: testpmd with two net_vhost ports in io mode (port 0 <-> 1).
+# Its forwarding lcore is core 1; the main lcore 0 only prints stats.
+start_testpmd_switch() {
+    say "starting stand-in testpmd vhost switch"
+    spawn backend "${VFNIC_TIMEOUT:-600}" dpdk-testpmd -l 0,1 --main-lcore 0 -m 512 --no-pci \
+        --file-prefix="vfsb$$" --huge-unlink \
+        --vdev "net_vhost0,iface=$RUN/vf0.sock,queues=1" \
+        --vdev "net_vhost1,iface=$RUN/vf1.sock,queues=1" \
+        -- --no-mlockall --total-num-mbufs=16384 --forward-mode=io \
+        --auto-start --stats-period 5
+    wait_for_sockets backend 30 "$RUN/vf0.sock" "$RUN/vf1.sock"
+    say "stand-in ready"
+}
+
+is_vfnic() { [ "$BACKEND" = vfnic ]; }
+
+# check_backend_alive WHEN: the switch must survive tenants coming and going.
+check_backend_alive() {
+    if is_vfnic; then fail_if_dead vfnic "$1"; else fail_if_dead backend "$1"; fi
+}
+
+# --------------------------------------------------------------- vfnic stats
+
+# vfnic_stats OUTFILE: `vfnic stats --json` into OUTFILE (validated JSON).
+vfnic_stats() {
+    local out=$1
+    timeout -k 2 10 "$VFNIC" --run-dir "$RUN" stats --json >"$out" 2>"$out.err" ||
+        fail "vfnic stats --json failed: $(cat "$out.err")"
+    jq -e '.vfs | type == "array"' "$out" >/dev/null 2>&1 ||
+        fail "vfnic stats --json: no .vfs array in: $(head -c 500 "$out")"
+}
+
+# vf_field FILE VF FIELD: one field of one VF (by id) from a stats file.
+vf_field() {
+    local v
+    v=$(jq -r --argjson id "$2" --arg f "$3" '.vfs[] | select(.id == $id) | .[$f]' "$1")
+    [ -n "$v" ] && [ "$v" != null ] || fail "stats: VF $2 has no field '$3'"
+    echo "$v"
+}
+
+# check_vfs_connected FILE VF...: the tenants we started show up as connected.
+check_vfs_connected() {
+    local f=$1 vf mac
+    shift
+    for vf in "$@"; do
+        [ "$(vf_field "$f" "$vf" connected)" = true ] || fail "vfnic reports VF$vf not connected"
+        mac=$(vf_field "$f" "$vf" mac)
+        [ "$mac" = "$(vf_mac "$vf")" ] || fail "VF$vf mac is $mac, expected $(vf_mac "$vf")"
+    done
+}
+
+# vf_summary FILE VF: one line of counters for the log.
+vf_summary() {
+    jq -r --argjson id "$2" '.vfs[] | select(.id == $id) |
+        "VF\(.id) \(.mac) link=\(.link) connected=\(.connected) tx=\(.tx_packets)p/\(.tx_bytes)B rx=\(.rx_packets)p/\(.rx_bytes)B tx_dropped=\(.tx_dropped) rx_dropped=\(.rx_dropped)"' "$1"
+}

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# tests/real/qemu_pair.sh — two QEMU/TCG Linux guests talking through vfnic.
+#
+#   guest A: VF0, 10.0.0.1, iperf3 server (one test)
+#   guest B: VF1, 10.0.0.2, pings A (0% loss required) then
+#            iperf3 -c A -n $IPERF_BYTES (JSON result): rc 0, all of
+#            IPERF_BYTES sent, and at least MIN_RECV_BYTES counted by the
+#            server. (The server stops counting at the client's TEST_END, so
+#            data still in flight then is not in its total: it reads a few MB
+#            under what was sent, hence a separate floor, 100 MB decimal.)
+# QEMU 7.2 is the vhost-user client of the VF sockets. Each guest's NIC has
+# its VF's MAC, so vfnic's MAC switching delivers A<->B frames.
+#
+# Facts this relies on (QEMU 7.2 + TCG):
+#   * KVM is not usable on these hosts (nested PVM) -> -accel tcg;
+#   * MSI-X on virtio-net-pci crashes QEMU 7.2 under TCG once vhost-user
+#     starts -> vectors=0 (INTx);
+#   * the backend maps guest memory -> memfd backend with share=on.
+#
+# Env: GUEST_DIR=.cache/guest (built by scripts/build-guest.sh if missing)
+#      IPERF_BYTES=100M  MIN_RECV_BYTES=100000000  PINGS=10  TOTAL_SECS=240  QEMU=qemu-system-x86_64
+#      GUEST_MEM=256 (MiB)  plus lib.sh's (BACKEND, VFNIC, NUM_VFS, ...).
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+GUEST_DIR=${GUEST_DIR:-$REPO_ROOT/.cache/guest}
+IPERF_BYTES=${IPERF_BYTES:-100M}
+MIN_RECV_BYTES=${MIN_RECV_BYTES:-100000000}
+PINGS=${PINGS:-10}
+TOTAL_SECS=${TOTAL_SECS:-240}
+QEMU=${QEMU:-qemu-system-x86_64}
+GUEST_MEM=${GUEST_MEM:-256}
+
+IP_A=10.0.0.1
+IP_B=10.0.0.2
+
+ensure_guest() {
+    if [ ! -s "$GUEST_DIR/vmlinuz" ] || [ ! -s "$GUEST_DIR/initrd.gz" ]; then
+        say "no guest image in $GUEST_DIR: building it"
+        "$REPO_ROOT/scripts/build-guest.sh" "$GUEST_DIR" >"$WORK/build-guest.log" 2>&1 ||
+            fail "scripts/build-guest.sh failed"
+    fi
+}
+
+# start_guest NAME VF KERNEL_ARGS...: one TCG guest on RUN/vfVF.sock.
+start_guest() {
+    local name=$1 vf=$2
+    shift 2
+    spawn "$name" "$TOTAL_SECS" "$QEMU" \
+        -M pc,memory-backend=mem -accel tcg -cpu max -smp 1 -m "$GUEST_MEM" \
+        -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+        -kernel "$GUEST_DIR/vmlinuz" -initrd "$GUEST_DIR/initrd.gz" \
+        -append "console=ttyS0 quiet panic=-1 $*" \
+        -object "memory-backend-memfd,id=mem,size=${GUEST_MEM}M,share=on" \
+        -chardev "socket,id=vhu,path=$RUN/vf$vf.sock" \
+        -netdev vhost-user,id=net0,chardev=vhu \
+        -device "virtio-net-pci,netdev=net0,mac=$(vf_mac "$vf"),vectors=0,romfile="
+}
+
+# The serial log without CRs and terminal escapes (SeaBIOS emits some).
+console() { tr -d '\r' <"$WORK/$1.log" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g'; }
+
+# Virtio-net feature bit string (bit 0 first, as sysfs prints it) -> hex + names.
+decode_features() {
+    local bits=$1
+    awk -v b="$bits" 'BEGIN {
+        split("0:CSUM 1:GUEST_CSUM 2:CTRL_GUEST_OFFLOADS 3:MTU 5:MAC 7:GUEST_TSO4 " \
+              "8:GUEST_TSO6 9:GUEST_ECN 10:GUEST_UFO 11:HOST_TSO4 12:HOST_TSO6 " \
+              "13:HOST_ECN 14:HOST_UFO 15:MRG_RXBUF 16:STATUS 17:CTRL_VQ 18:CTRL_RX " \
+              "19:CTRL_VLAN 20:CTRL_RX_EXTRA 21:GUEST_ANNOUNCE 22:MQ 23:CTRL_MAC_ADDR " \
+              "28:INDIRECT_DESC 29:EVENT_IDX 32:VERSION_1 33:ACCESS_PLATFORM " \
+              "34:RING_PACKED 35:IN_ORDER", kv, " ")
+        for (k in kv) { split(kv[k], p, ":"); name[p[1]] = p[2] }
+        hi = 0; lo = 0; names = ""
+        for (i = 0; i < length(b); i++) {
+            if (substr(b, i + 1, 1) != "1") continue
+            if (i < 32) lo += 2 ^ i; else hi += 2 ^ (i - 32)
+            names = names (names == "" ? "" : ",") (i in name ? name[i] : "bit" i)
+        }
+        printf "0x%x%08x %s", hi, lo, names
+    }'
+}
+
+# Check the client's ping and iperf3 results; prints the summary fields.
+check_client() {
+    local log=$WORK/B.console json=$WORK/iperf.json loss sent recv mbps retr
+    grep -q '^VFNIC-PEER-REACHABLE' "$log" || fail "guest B never reached guest A"
+    loss=$(grep -aoE '[0-9]+% packet loss' "$log" | head -1)
+    grep -q '^PING-RC 0$' "$log" && [ "$loss" = "0% packet loss" ] ||
+        fail "ping B->A: ${loss:-no result} ($(grep -a '^PING-RC' "$log" || echo 'no PING-RC'))"
+    say "ping: $(grep -a 'round-trip' "$log" || true) ($loss)"
+
+    grep -q '^IPERF-RC ' "$log" || fail "iperf3 client did not finish"
+    sed -n '/^IPERF-JSON-BEGIN$/,/^IPERF-JSON-END$/p' "$log" | sed '1d;$d' >"$json"
+    jq -e . "$json" >/dev/null 2>&1 || fail "iperf3 JSON output unreadable (see $json)"
+    grep -q '^IPERF-RC 0$' "$log" ||
+        fail "iperf3 failed: $(grep -a '^IPERF-RC' "$log"), error: $(jq -r '.error // "-"' "$json")"
+    sent=$(jq -r '.end.sum_sent.bytes // 0' "$json")
+    recv=$(jq -r '.end.sum_received.bytes // 0' "$json")
+    mbps=$(jq -r '(.end.sum_received.bits_per_second // 0) / 1e6 | floor' "$json")
+    retr=$(jq -r '.end.sum_sent.retransmits // 0' "$json")
+    [ "$sent" -ge "$IPERF_MIN_BYTES" ] && [ "$recv" -ge "$MIN_RECV_BYTES" ] ||
+        fail "iperf3 moved too little: sent=$sent (need $IPERF_MIN_BYTES) received=$recv (need $MIN_RECV_BYTES)"
+    IPERF_RECV=$recv
+    say "iperf3: sent=$sent received=$recv bytes, $mbps Mbit/s, $retr retransmits"
+    IPERF_SUMMARY="iperf3 ${recv}B ${mbps}Mbit/s retr=$retr"
+}
+
+# iperf3 size suffixes are binary (100M = 100 MiB).
+to_bytes() {
+    local v=$1
+    case "$v" in
+        *K) echo $((${v%K} * 1024)) ;;
+        *M) echo $((${v%M} * 1024 * 1024)) ;;
+        *G) echo $((${v%G} * 1024 * 1024 * 1024)) ;;
+        *) echo "$v" ;;
+    esac
+}
+
+check_vfnic_after() {
+    local stats=$WORK/stats-final.json v
+    vfnic_stats "$stats"
+    for v in 0 1; do say "vfnic: $(vf_summary "$stats" "$v")"; done
+    # Every payload byte A's server counted entered vfnic on VF1 and left it
+    # on VF0 (frame headers only add to the counters).
+    [ "$(vf_field "$stats" 1 tx_bytes)" -ge "$IPERF_RECV" ] ||
+        fail "VF1 tx_bytes below the $IPERF_RECV bytes iperf3 received"
+    [ "$(vf_field "$stats" 0 rx_bytes)" -ge "$IPERF_RECV" ] ||
+        fail "VF0 rx_bytes below the $IPERF_RECV bytes iperf3 received"
+    [ "$(vf_field "$stats" 0 tx_packets)" -gt 0 ] || fail "VF0 sent nothing (ACKs expected)"
+    [ "$(vf_field "$stats" 1 rx_packets)" -gt 0 ] || fail "VF1 received nothing (ACKs expected)"
+}
+
+main() {
+    IPERF_MIN_BYTES=$(to_bytes "$IPERF_BYTES")
+    real_init qemu_pair
+    ensure_guest
+    start_backend
+
+    # Guests give up a little before the host does, so their output is complete.
+    local gwait=$((TOTAL_SECS > 40 ? TOTAL_SECS - 20 : 20))
+    local common="vfnic.pings=$PINGS vfnic.wait=$gwait"
+    start_guest A 0 "vfnic.ip=$IP_A/24 vfnic.role=server $common"
+    start_guest B 1 "vfnic.ip=$IP_B/24 vfnic.peer=$IP_A vfnic.role=client vfnic.bytes=$IPERF_BYTES $common"
+
+    wait_for_log A 'VFNIC-GUEST-UP' 120
+    wait_for_log B 'VFNIC-GUEST-UP' 120
+    say "both guests up"
+    if is_vfnic; then
+        vfnic_stats "$WORK/stats-mid.json"
+        check_vfs_connected "$WORK/stats-mid.json" 0 1
+    fi
+
+    # B drives the test and powers off at the end; A follows once its
+    # one-shot iperf3 server is done.
+    wait_exit B $((TOTAL_SECS - $(elapsed))) || fail "guest B still running after ${TOTAL_SECS}s"
+    [ "$EXIT_RC" -ne 124 ] || fail "guest B hit its timeout"
+    wait_exit A 30 || fail "guest A did not power off after the test"
+    check_backend_alive "after the guests powered off"
+    console A >"$WORK/A.console"
+    console B >"$WORK/B.console"
+    grep -q '^VFNIC-GUEST-DONE' "$WORK/B.console" || fail "guest B did not reach VFNIC-GUEST-DONE"
+
+    local fa fb
+    fa=$(awk '/^VFNIC-GUEST-FEATURES/ {print $2}' "$WORK/A.console")
+    fb=$(awk '/^VFNIC-GUEST-FEATURES/ {print $2}' "$WORK/B.console")
+    say "guest A features: $(decode_features "$fa")"
+    say "guest B features: $(decode_features "$fb")"
+
+    check_client
+    if is_vfnic; then
+        check_vfnic_after
+    else
+        say "BACKEND=$BACKEND: vfnic counter checks skipped"
+    fi
+    pass "backend=$BACKEND $IPERF_SUMMARY, ping 0% loss"
+}
+
+main "$@"

@@ -123,7 +123,8 @@ fn run_daemon(cli: &Cli, config: Option<&Path>, engines: Option<usize>) -> Resul
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("Cannot install signal handlers")?;
     let pf = std::sync::Arc::new(vfnic_pf::Pf::start(cfg).context("Cannot start the adapter")?);
-    let server = api::serve(pf.clone(), &api_path).with_context(|| format!("Cannot serve the API on {}", api_path.display()))?;
+    let server =
+        api::serve(pf.clone(), &api_path).with_context(|| format!("Cannot serve the API on {}", api_path.display()))?;
     tracing::info!(api = %api_path.display(), "vfnic ready");
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
@@ -146,9 +147,7 @@ fn client(cli: &Cli, req: Request) -> Result<Value> {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VFNIC_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VFNIC_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -23,7 +23,8 @@ fn yes(v: &Value) -> &'static str {
 /// `vfnic vf list`.
 pub fn vf_list(v: &Value) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{:<4} {:<17} {:<5} {:<5} {:<9} {:<6} SOCKET", "VF", "MAC", "MTU", "LINK", "CONNECTED", "ENGINE");
+    let _ =
+        writeln!(o, "{:<4} {:<17} {:<5} {:<5} {:<9} {:<6} SOCKET", "VF", "MAC", "MTU", "LINK", "CONNECTED", "ENGINE");
     for vf in v.as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
@@ -96,7 +97,11 @@ pub fn stats(v: &Value) -> String {
 /// `vfnic engines`.
 pub fn engines(v: &Value) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{:<7} {:<16} {:>12} {:>10} {:>12} {:>12}", "ENGINE", "VFS", "CHAINS", "SLEEPS", "BUSY-POLLS", "IDLE-POLLS");
+    let _ = writeln!(
+        o,
+        "{:<7} {:<16} {:>12} {:>10} {:>12} {:>12}",
+        "ENGINE", "VFS", "CHAINS", "SLEEPS", "BUSY-POLLS", "IDLE-POLLS"
+    );
     for e in v.as_array().into_iter().flatten() {
         let vfs: Vec<String> = e["vfs"].as_array().into_iter().flatten().map(s).collect();
         let _ = writeln!(

@@ -68,7 +68,12 @@ impl Drop for VfListener {
     }
 }
 
-fn accept_loop(func: Arc<Function>, listener: UnixListener, stop: Arc<AtomicBool>, current: Arc<Mutex<Option<UnixStream>>>) {
+fn accept_loop(
+    func: Arc<Function>,
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<UnixStream>>>,
+) {
     let vf = func.id.0;
     while !stop.load(Ordering::Relaxed) {
         match sys::wait_readable(listener.as_raw_fd(), Duration::from_millis(200)) {

@@ -226,10 +226,18 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 /// Parses the body of a request whose header passed [`Header::parse`].
 pub fn parse(h: &Header, body: &[u8]) -> Result<Request, ParseError> {
     use code::*;
-    let size_is = |n: usize| if body.len() == n { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
-    let size_min = |n: usize| if body.len() >= n { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
+    let size_is =
+        |n: usize| if body.len() == n { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
+    let size_min =
+        |n: usize| if body.len() >= n { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
     // Some front ends send an 8-byte zero body with no-payload requests.
-    let empty = || if body.is_empty() || body.len() == 8 { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
+    let empty = || {
+        if body.is_empty() || body.len() == 8 {
+            Ok(())
+        } else {
+            Err(ParseError::Size { request: h.request, got: body.len() })
+        }
+    };
     let r = match h.request {
         GET_FEATURES => empty().map(|_| Request::GetFeatures)?,
         SET_FEATURES => size_is(8).map(|_| Request::SetFeatures(u64_at(body, 0)))?,

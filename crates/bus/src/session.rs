@@ -92,6 +92,9 @@ fn refuse(kind: ErrorKind, reason: impl Into<String>) -> Refusal {
 
 type Handled = Result<Option<Vec<u8>>, Refusal>;
 
+/// A whole message as read off the socket: header, body, fds.
+type Message = (Header, Vec<u8>, Vec<OwnedFd>);
+
 /// Protocol state of one connection.
 pub struct Session {
     func: Arc<Function>,
@@ -137,7 +140,7 @@ impl Session {
     }
 
     /// Reads one whole message. `None` on a clean EOF before any byte.
-    fn read_message(&mut self) -> Result<Option<(Header, Vec<u8>, Vec<OwnedFd>)>, FrameError> {
+    fn read_message(&mut self) -> Result<Option<Message>, FrameError> {
         let mut hdr = [0u8; HDR_LEN];
         let mut fds = Vec::new();
         let got = self.read_exact_fds(&mut hdr, &mut fds)?;
@@ -163,7 +166,10 @@ impl Session {
                 Ok(r) => {
                     fds.extend(r.fds);
                     if r.fds_truncated || fds.len() > message::MAX_FDS {
-                        return Err(FrameError::Fds { got: fds.len().max(message::MAX_FDS + 1), expected: message::MAX_FDS });
+                        return Err(FrameError::Fds {
+                            got: fds.len().max(message::MAX_FDS + 1),
+                            expected: message::MAX_FDS,
+                        });
                     }
                     if r.len == 0 {
                         return Ok(off);
@@ -183,7 +189,8 @@ impl Session {
         let req = match message::parse(&h, body) {
             Ok(r) => r,
             Err(e) => {
-                let kind = if matches!(e, ParseError::Unknown(_)) { ErrorKind::MsgUnknown } else { ErrorKind::MsgMalformed };
+                let kind =
+                    if matches!(e, ParseError::Unknown(_)) { ErrorKind::MsgUnknown } else { ErrorKind::MsgMalformed };
                 return self.refused(h, refuse(kind, e.to_string()), false);
             }
         };
@@ -229,9 +236,7 @@ impl Session {
     }
 
     fn vring_index(&self, index: u32) -> Result<&vfnic_op::Vring, Refusal> {
-        self.func
-            .vring(index)
-            .ok_or_else(|| refuse(ErrorKind::MsgRefused, format!("queue {index} does not exist")))
+        self.func.vring(index).ok_or_else(|| refuse(ErrorKind::MsgRefused, format!("queue {index} does not exist")))
     }
 
     fn handle(&mut self, req: Request, mut fds: Vec<OwnedFd>) -> Handled {
@@ -241,7 +246,10 @@ impl Session {
             Request::GetFeatures => u64_reply(OFFERED),
             Request::SetFeatures(v) => {
                 if v & !OFFERED != 0 {
-                    return Err(refuse(ErrorKind::MsgRefused, format!("features {:#x} were not offered", v & !OFFERED)));
+                    return Err(refuse(
+                        ErrorKind::MsgRefused,
+                        format!("features {:#x} were not offered", v & !OFFERED),
+                    ));
                 }
                 f.set_acked_features(v);
                 for vr in f.vrings() {
@@ -262,7 +270,8 @@ impl Session {
                 Ok(None)
             }
             Request::SetMemTable(regions) => {
-                let mem = GuestMemory::map(&regions, fds).map_err(|e| refuse(ErrorKind::MemTableRefused, e.to_string()))?;
+                let mem =
+                    GuestMemory::map(&regions, fds).map_err(|e| refuse(ErrorKind::MemTableRefused, e.to_string()))?;
                 let mem = Arc::new(mem);
                 info!(vf = f.id.0, regions = regions.len(), "memory table mapped");
                 for vr in f.vrings() {
@@ -296,7 +305,8 @@ impl Session {
             }
             Request::SetVringBase { index, num } => {
                 let vr = self.vring_index(index)?;
-                let base = u16::try_from(num).map_err(|_| refuse(ErrorKind::MsgRefused, format!("base {num} beyond 16 bits")))?;
+                let base = u16::try_from(num)
+                    .map_err(|_| refuse(ErrorKind::MsgRefused, format!("base {num} beyond 16 bits")))?;
                 vr.lock().base = base;
                 Ok(None)
             }
@@ -341,7 +351,10 @@ impl Session {
             Request::GetProtocolFeatures => u64_reply(proto::OFFERED),
             Request::SetProtocolFeatures(v) => {
                 if v & !proto::OFFERED != 0 {
-                    return Err(refuse(ErrorKind::MsgRefused, format!("protocol features {:#x} were not offered", v & !proto::OFFERED)));
+                    return Err(refuse(
+                        ErrorKind::MsgRefused,
+                        format!("protocol features {:#x} were not offered", v & !proto::OFFERED),
+                    ));
                 }
                 self.acked_protocol = v;
                 Ok(None)
@@ -375,10 +388,13 @@ impl Session {
                 out.extend((a.offset..a.offset + a.size).map(|i| space.get(i as usize).copied().unwrap_or(0)));
                 Ok(Some(out))
             }
-            Request::SetConfig(..) => Err(refuse(ErrorKind::MsgRefused, "the config space is set by the PF, not the tenant")),
+            Request::SetConfig(..) => {
+                Err(refuse(ErrorKind::MsgRefused, "the config space is set by the PF, not the tenant"))
+            }
             Request::GetMaxMemSlots => u64_reply(vfnic_dma::mem::MAX_REGIONS as u64),
             Request::SetStatus(s) => {
-                let s = u8::try_from(s).map_err(|_| refuse(ErrorKind::MsgRefused, format!("status {s:#x} beyond 8 bits")))?;
+                let s = u8::try_from(s)
+                    .map_err(|_| refuse(ErrorKind::MsgRefused, format!("status {s:#x} beyond 8 bits")))?;
                 f.set_status(s);
                 Ok(None)
             }
@@ -394,4 +410,3 @@ fn doorbell(fd: Option<OwnedFd>) -> Result<Doorbell, Refusal> {
     let fd = fd.ok_or_else(|| refuse(ErrorKind::MsgMalformed, "missing fd"))?;
     Doorbell::from_fd(fd).map_err(|e| refuse(ErrorKind::MsgRefused, format!("bad eventfd: {e}")))
 }
-

@@ -135,13 +135,7 @@ impl Chain {
 
     /// Walks the chain starting at `head` of `ring`. On error the chain is
     /// left empty (its head is still set, so it can be returned with len 0).
-    pub fn walk(
-        &mut self,
-        ring: &SplitRing,
-        head: u16,
-        access: Access,
-        indirect_ok: bool,
-    ) -> Result<(), ChainError> {
+    pub fn walk(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {
         self.head = head;
         self.n = 0;
         self.len = 0;
@@ -156,13 +150,7 @@ impl Chain {
         r
     }
 
-    fn walk_inner(
-        &mut self,
-        ring: &SplitRing,
-        head: u16,
-        access: Access,
-        indirect_ok: bool,
-    ) -> Result<(), ChainError> {
+    fn walk_inner(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {
         let mem = ring.mem();
         let size = ring.size();
         let mut idx = head;

@@ -168,8 +168,7 @@ impl GuestMemory {
         for r in &self.regions {
             let off = uaddr.wrapping_sub(r.spec.userspace_addr);
             if off < r.spec.memory_size {
-                return (len <= r.spec.memory_size - off)
-                    .then(|| r.host.wrapping_add(off as usize));
+                return (len <= r.spec.memory_size - off).then(|| r.host.wrapping_add(off as usize));
             }
         }
         None
@@ -264,8 +263,7 @@ mod tests {
 
     #[test]
     fn translates_both_address_spaces() {
-        let m = GuestMemory::map(&[spec(0x1000_0000, 1 << 20, 0x7f00_0000_0000)], vec![memfd(1 << 20)])
-            .unwrap();
+        let m = GuestMemory::map(&[spec(0x1000_0000, 1 << 20, 0x7f00_0000_0000)], vec![memfd(1 << 20)]).unwrap();
         let a = m.translate(0x1000_0000, 16).unwrap();
         let b = m.translate_uaddr(0x7f00_0000_0000, 16).unwrap();
         assert_eq!(a, b);
@@ -287,19 +285,13 @@ mod tests {
     #[test]
     fn refuses_overlap_overflow_and_count() {
         let two = [spec(0, 8192, 0), spec(4096, 8192, 1 << 30)];
-        assert!(matches!(
-            GuestMemory::map(&two, vec![memfd(16384), memfd(16384)]),
-            Err(MemError::Overlap(0, 1))
-        ));
+        assert!(matches!(GuestMemory::map(&two, vec![memfd(16384), memfd(16384)]), Err(MemError::Overlap(0, 1))));
         assert!(matches!(
             GuestMemory::map(&[spec(u64::MAX - 10, 4096, 0)], vec![memfd(4096)]),
             Err(MemError::RegionRange(0))
         ));
         assert!(matches!(GuestMemory::map(&[], vec![]), Err(MemError::RegionCount(0))));
-        assert!(matches!(
-            GuestMemory::map(&[spec(0, 4096, 0)], vec![]),
-            Err(MemError::FdCount { .. })
-        ));
+        assert!(matches!(GuestMemory::map(&[spec(0, 4096, 0)], vec![]), Err(MemError::FdCount { .. })));
     }
 
     #[test]

@@ -235,8 +235,7 @@ impl SplitRing {
         let Some(old) = old else { return true };
         // SAFETY: used_event sits after the avail ring, inside the
         // `6 + 2 * size` bytes checked in `new`; 2-aligned.
-        let used_event =
-            unsafe { self.avail.add(4 + 2 * self.size as usize).cast::<u16>().read_volatile() };
+        let used_event = unsafe { self.avail.add(4 + 2 * self.size as usize).cast::<u16>().read_volatile() };
         // vring_need_event(): did `new` pass used_event since `old`?
         new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
     }
@@ -249,9 +248,7 @@ impl SplitRing {
             if enable {
                 // SAFETY: avail_event sits after the used ring, inside the
                 // `6 + 8 * size` bytes checked in `new`; 2-aligned.
-                unsafe {
-                    self.used.add(4 + 8 * self.size as usize).cast::<u16>().write_volatile(self.next_avail)
-                };
+                unsafe { self.used.add(4 + 8 * self.size as usize).cast::<u16>().write_volatile(self.next_avail) };
             }
             // With EVENT_IDX, a stale avail_event already suppresses kicks.
         } else {
@@ -285,21 +282,12 @@ pub(crate) mod tests {
 
     impl TestRing {
         pub(crate) fn new(size: u16) -> TestRing {
-            let spec = RegionSpec {
-                guest_phys_addr: GPA,
-                memory_size: 1 << 20,
-                userspace_addr: UADDR,
-                mmap_offset: 0,
-            };
+            let spec = RegionSpec { guest_phys_addr: GPA, memory_size: 1 << 20, userspace_addr: UADDR, mmap_offset: 0 };
             TestRing { mem: Arc::new(GuestMemory::map(&[spec], vec![memfd(1 << 20)]).unwrap()), size }
         }
 
         pub(crate) fn ring(&self, event_idx: bool) -> SplitRing {
-            let addrs = RingAddrs {
-                desc: UADDR + DESC_OFF,
-                avail: UADDR + AVAIL_OFF,
-                used: UADDR + USED_OFF,
-            };
+            let addrs = RingAddrs { desc: UADDR + DESC_OFF, avail: UADDR + AVAIL_OFF, used: UADDR + USED_OFF };
             SplitRing::new(self.mem.clone(), self.size as u32, addrs, 0, event_idx).unwrap()
         }
 
@@ -340,7 +328,7 @@ pub(crate) mod tests {
         }
 
         #[allow(dead_code)]
-    pub(crate) fn used_elem(&self, slot: u16) -> (u32, u32) {
+        pub(crate) fn used_elem(&self, slot: u16) -> (u32, u32) {
             let b = self.read(GPA + USED_OFF + 4 + 8 * slot as u64, 8);
             (u32::from_le_bytes(b[..4].try_into().unwrap()), u32::from_le_bytes(b[4..].try_into().unwrap()))
         }
@@ -359,20 +347,14 @@ pub(crate) mod tests {
         let t = TestRing::new(8);
         let good = RingAddrs { desc: UADDR, avail: UADDR + AVAIL_OFF, used: UADDR + USED_OFF };
         for size in [0, 3, 65536] {
-            assert_eq!(
-                SplitRing::new(t.mem.clone(), size, good, 0, false).unwrap_err(),
-                RingError::Size(size)
-            );
+            assert_eq!(SplitRing::new(t.mem.clone(), size, good, 0, false).unwrap_err(), RingError::Size(size));
         }
         let outside = RingAddrs { desc: UADDR + (1 << 20) - 16, ..good };
         assert!(SplitRing::new(t.mem.clone(), 8, outside, 0, false).is_err());
         let gpa_not_uaddr = RingAddrs { desc: GPA, ..good };
         assert!(SplitRing::new(t.mem.clone(), 8, gpa_not_uaddr, 0, false).is_err());
         let misaligned = RingAddrs { used: UADDR + USED_OFF + 2, ..good };
-        assert_eq!(
-            SplitRing::new(t.mem.clone(), 8, misaligned, 0, false).unwrap_err(),
-            RingError::Addr("used")
-        );
+        assert_eq!(SplitRing::new(t.mem.clone(), 8, misaligned, 0, false).unwrap_err(), RingError::Addr("used"));
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{error, info};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vfnic_op::{DataPlaneHooks, Doorbell, Function};
 use vfnic_types::{ErrorKind, VfId};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::fabric::Fabric;
 use crate::forward::{process_tx, Scratch};
@@ -115,9 +115,7 @@ impl EnginePool {
         for e in &engines {
             let (e, fabric) = (e.clone(), fabric.clone());
             threads.push(
-                std::thread::Builder::new()
-                    .name(format!("engine{}", e.id))
-                    .spawn(move || run(e, fabric, config))?,
+                std::thread::Builder::new().name(format!("engine{}", e.id)).spawn(move || run(e, fabric, config))?,
             );
         }
         info!(engines = n, "DMA engines started");
@@ -189,9 +187,7 @@ const WAKE_TOKEN: u64 = u64::MAX;
 impl Doorbells {
     fn build(engine: &Engine, functions: &[Arc<Function>]) -> std::io::Result<Doorbells> {
         let epoll = Epoll::new()?;
-        let add = |fd: i32, token: u64| {
-            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
-        };
+        let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
         add(engine.wake.as_raw_fd(), WAKE_TOKEN)?;
         let mut kicks = Vec::new();
         let mut polling_only = false;

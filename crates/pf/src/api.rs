@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn request_wire_format() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"vf_set","vf":1,"link":"down","mac":"02:00:00:00:00:09"}"#).unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"vf_set","vf":1,"link":"down","mac":"02:00:00:00:00:09"}"#).unwrap();
         let Request::VfSet { vf, change } = r else { panic!() };
         assert_eq!(vf, 1);
         assert_eq!(change.link, Some(vfnic_types::LinkState::Down));

@@ -134,7 +134,10 @@ impl Config {
                 None => msg,
             })
         })?;
-        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid { line: line_of(text, span.start), message };
+        let invalid = |span: std::ops::Range<usize>, message: String| ConfigError::Invalid {
+            line: line_of(text, span.start),
+            message,
+        };
         let run_dir = raw.run_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
         let num_vfs = match raw.num_vfs {
             Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_VFS => {
@@ -145,7 +148,10 @@ impl Config {
         };
         let engines = match raw.engines {
             Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_ENGINES => {
-                return Err(invalid(n.span(), format!("engines = {} is out of range (1 to {MAX_ENGINES})", n.get_ref())))
+                return Err(invalid(
+                    n.span(),
+                    format!("engines = {} is out of range (1 to {MAX_ENGINES})", n.get_ref()),
+                ))
             }
             Some(n) => n.into_inner(),
             None => default_engines(),
@@ -171,7 +177,10 @@ impl Config {
             let span = entry.span();
             let v = entry.get_ref();
             if v.id >= num_vfs {
-                return Err(invalid(span, format!("[[vf]] id = {} but num_vfs = {num_vfs} (ids are 0 to {})", v.id, num_vfs - 1)));
+                return Err(invalid(
+                    span,
+                    format!("[[vf]] id = {} but num_vfs = {num_vfs} (ids are 0 to {})", v.id, num_vfs - 1),
+                ));
             }
             if !seen.insert(v.id) {
                 return Err(invalid(span, format!("[[vf]] id = {} appears twice", v.id)));
@@ -254,7 +263,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        assert!(err("num_vfs = 4\nengines = 0\n").starts_with("line 2: engines = 0"), "{}", err("num_vfs = 4\nengines = 0\n"));
+        assert!(
+            err("num_vfs = 4\nengines = 0\n").starts_with("line 2: engines = 0"),
+            "{}",
+            err("num_vfs = 4\nengines = 0\n")
+        );
         let e = err("num_vfs = 2\n\n[[vf]]\nid = 0\nmac = \"zz:00:00:00:00:00\"\n");
         assert!(e.starts_with("line 5") && e.contains("invalid MAC"), "{e}");
         let e = err("num_vfs = 2\n[[vf]]\nid = 5\n");

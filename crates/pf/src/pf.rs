@@ -117,11 +117,9 @@ impl Pf {
     /// Builds the adapter from `config` and starts serving every VF socket.
     pub fn start(config: Config) -> Result<Pf, PfError> {
         let fabric = Arc::new(Fabric::default());
-        let engines = EnginePool::start(
-            EngineConfig { engines: config.engines, ..EngineConfig::default() },
-            fabric.clone(),
-        )
-        .map_err(PfError::Engines)?;
+        let engines =
+            EnginePool::start(EngineConfig { engines: config.engines, ..EngineConfig::default() }, fabric.clone())
+                .map_err(PfError::Engines)?;
         let pf = Pf { config: config.clone(), fabric, vfs: Mutex::new(BTreeMap::new()), engines };
         for s in &config.vfs {
             pf.add_vf(s)?;

@@ -119,9 +119,10 @@ impl Fdb {
         }
         match self.statics.get(&src) {
             Some(_) => true,
-            None => self.learned.get(&src).is_some_and(|e| {
-                e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2
-            }),
+            None => self
+                .learned
+                .get(&src)
+                .is_some_and(|e| e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2),
         }
     }
 

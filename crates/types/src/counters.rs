@@ -163,15 +163,8 @@ impl VfCounters {
 
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self) -> VfCountersSnapshot {
-        let drops: BTreeMap<&'static str, u64> =
-            DropReason::ALL.iter().map(|r| (r.as_str(), self.drops(*r))).collect();
-        let side = |tx: bool| {
-            DropReason::ALL
-                .iter()
-                .filter(|r| r.is_tx() == tx)
-                .map(|r| self.drops(*r))
-                .sum()
-        };
+        let drops: BTreeMap<&'static str, u64> = DropReason::ALL.iter().map(|r| (r.as_str(), self.drops(*r))).collect();
+        let side = |tx: bool| DropReason::ALL.iter().filter(|r| r.is_tx() == tx).map(|r| self.drops(*r)).sum();
         VfCountersSnapshot {
             tx_packets: self.tx_packets.get(),
             tx_bytes: self.tx_bytes.get(),

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::proto::{
-    self, flags, protocol_features, request, ConfigPayload, Header, MemRegion, VringAddr,
-    VringState, HEADER_SIZE, MAX_REPLY_PAYLOAD,
+    self, flags, protocol_features, request, ConfigPayload, Header, MemRegion, VringAddr, VringState, HEADER_SIZE,
+    MAX_REPLY_PAYLOAD,
 };
 use crate::{sys, Error, Result};
 
@@ -49,20 +49,13 @@ impl Conn {
     /// Connects to a backend listening at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let sock = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        let sock = UnixStream::connect(path).map_err(|source| Error::Connect { path: path.to_owned(), source })?;
         Ok(Self::from_stream(sock))
     }
 
     /// Wraps an already connected stream.
     pub fn from_stream(sock: UnixStream) -> Self {
-        Conn {
-            sock,
-            timeout: DEFAULT_TIMEOUT,
-            reply_ack: false,
-        }
+        Conn { sock, timeout: DEFAULT_TIMEOUT, reply_ack: false }
     }
 
     /// The underlying socket.
@@ -105,11 +98,9 @@ impl Conn {
 
     fn send_all(&mut self, code: u32, bytes: &[u8], fds: &[RawFd]) -> Result<()> {
         let fd = self.sock.as_raw_fd();
-        let mut sent =
-            sys::send_with_fds(fd, bytes, fds).map_err(|source| Error::Send { code, source })?;
+        let mut sent = sys::send_with_fds(fd, bytes, fds).map_err(|source| Error::Send { code, source })?;
         while sent < bytes.len() {
-            let n = sys::send_with_fds(fd, &bytes[sent..], &[])
-                .map_err(|source| Error::Send { code, source })?;
+            let n = sys::send_with_fds(fd, &bytes[sent..], &[]).map_err(|source| Error::Send { code, source })?;
             sent += n;
         }
         Ok(())
@@ -128,26 +119,14 @@ impl Conn {
         let header = Header::decode(&hdr);
         let size = header.size as usize;
         if size > MAX_REPLY_PAYLOAD {
-            return Err(Error::BadReply(format!(
-                "payload size {size} for request {}",
-                header.request
-            )));
+            return Err(Error::BadReply(format!("payload size {size} for request {}", header.request)));
         }
         let mut payload = vec![0u8; size];
         self.recv_exact(&mut payload, &mut fds, deadline)?;
-        Ok(Reply {
-            header,
-            payload,
-            fds,
-        })
+        Ok(Reply { header, payload, fds })
     }
 
-    fn recv_exact(
-        &mut self,
-        buf: &mut [u8],
-        fds: &mut Vec<OwnedFd>,
-        deadline: Instant,
-    ) -> Result<()> {
+    fn recv_exact(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>, deadline: Instant) -> Result<()> {
         let fd = self.sock.as_raw_fd();
         let mut got = 0;
         while got < buf.len() {
@@ -158,9 +137,7 @@ impl Conn {
                 Ok(0) => return Err(Error::Disconnected),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Err(Error::Disconnected)
-                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(Error::Disconnected),
                 Err(e) => return Err(Error::Recv(e)),
             }
         }
@@ -206,9 +183,7 @@ impl Conn {
         self.send(code, flags::VERSION | flags::NEED_REPLY, payload, fds)?;
         let reply = self.recv_reply(self.timeout)?;
         check_reply_header(code, &reply.header)?;
-        let status = reply
-            .as_u64()
-            .ok_or_else(|| Error::BadReply(format!("ack of {} bytes", reply.payload.len())))?;
+        let status = reply.as_u64().ok_or_else(|| Error::BadReply(format!("ack of {} bytes", reply.payload.len())))?;
         if status != 0 {
             return Err(Error::Nack { code, status });
         }
@@ -217,12 +192,7 @@ impl Conn {
 
     fn get_u64(&mut self, code: u32) -> Result<u64> {
         let r = self.request(code, &[], &[])?;
-        r.as_u64().ok_or_else(|| {
-            Error::BadReply(format!(
-                "request {code}: {} byte payload, want 8",
-                r.payload.len()
-            ))
-        })
+        r.as_u64().ok_or_else(|| Error::BadReply(format!("request {code}: {} byte payload, want 8", r.payload.len())))
     }
 
     /// GET_FEATURES: the device features the backend offers.
@@ -252,11 +222,7 @@ impl Conn {
 
     /// SET_PROTOCOL_FEATURES; turns on REPLY_ACK use if `features` includes it.
     pub fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        self.set_request(
-            request::SET_PROTOCOL_FEATURES,
-            &proto::encode_u64(features),
-            &[],
-        )?;
+        self.set_request(request::SET_PROTOCOL_FEATURES, &proto::encode_u64(features), &[])?;
         self.reply_ack = features & protocol_features::REPLY_ACK != 0;
         Ok(())
     }
@@ -274,29 +240,17 @@ impl Conn {
     /// SET_MEM_TABLE with `regions` and one fd per region (count not checked, so a test
     /// may send a mismatch).
     pub fn set_mem_table(&mut self, regions: &[MemRegion], fds: &[RawFd]) -> Result<()> {
-        self.set_request(
-            request::SET_MEM_TABLE,
-            &proto::encode_mem_table(regions),
-            fds,
-        )
+        self.set_request(request::SET_MEM_TABLE, &proto::encode_mem_table(regions), fds)
     }
 
     /// ADD_MEM_REG with the region's fd.
     pub fn add_mem_reg(&mut self, region: &MemRegion, fd: RawFd) -> Result<()> {
-        self.set_request(
-            request::ADD_MEM_REG,
-            &proto::encode_single_region(region),
-            &[fd],
-        )
+        self.set_request(request::ADD_MEM_REG, &proto::encode_single_region(region), &[fd])
     }
 
     /// REM_MEM_REG.
     pub fn rem_mem_reg(&mut self, region: &MemRegion) -> Result<()> {
-        self.set_request(
-            request::REM_MEM_REG,
-            &proto::encode_single_region(region),
-            &[],
-        )
+        self.set_request(request::REM_MEM_REG, &proto::encode_single_region(region), &[])
     }
 
     /// SET_VRING_NUM.
@@ -350,54 +304,32 @@ impl Conn {
 
     /// SET_VRING_ENABLE.
     pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
-        let p = VringState {
-            index,
-            num: u32::from(enable),
-        }
-        .encode();
+        let p = VringState { index, num: u32::from(enable) }.encode();
         self.set_request(request::SET_VRING_ENABLE, &p, &[])
     }
 
     /// GET_CONFIG: `size` bytes of device config space from `offset`.
     pub fn get_config(&mut self, offset: u32, size: u32) -> Result<Vec<u8>> {
-        let req = ConfigPayload {
-            offset,
-            size,
-            flags: 0,
-            payload: vec![0; size as usize],
-        };
+        let req = ConfigPayload { offset, size, flags: 0, payload: vec![0; size as usize] };
         let r = self.request(request::GET_CONFIG, &req.encode(), &[])?;
         let c = ConfigPayload::decode(&r.payload)
             .ok_or_else(|| Error::BadReply(format!("config of {} bytes", r.payload.len())))?;
         if c.size != size || c.offset != offset {
-            return Err(Error::Nack {
-                code: request::GET_CONFIG,
-                status: u64::from(c.size),
-            });
+            return Err(Error::Nack { code: request::GET_CONFIG, status: u64::from(c.size) });
         }
         Ok(c.payload)
     }
 
     /// SET_CONFIG: write `bytes` at `offset` of the device config space.
     pub fn set_config(&mut self, offset: u32, bytes: &[u8]) -> Result<()> {
-        let size = u32::try_from(bytes.len())
-            .map_err(|_| Error::InvalidOptions("config write too large"))?;
-        let req = ConfigPayload {
-            offset,
-            size,
-            flags: 0,
-            payload: bytes.to_vec(),
-        };
+        let size = u32::try_from(bytes.len()).map_err(|_| Error::InvalidOptions("config write too large"))?;
+        let req = ConfigPayload { offset, size, flags: 0, payload: bytes.to_vec() };
         self.set_request(request::SET_CONFIG, &req.encode(), &[])
     }
 
     /// SET_STATUS.
     pub fn set_status(&mut self, status: u8) -> Result<()> {
-        self.set_request(
-            request::SET_STATUS,
-            &proto::encode_u64(u64::from(status)),
-            &[],
-        )
+        self.set_request(request::SET_STATUS, &proto::encode_u64(u64::from(status)), &[])
     }
 
     /// GET_STATUS.
@@ -414,16 +346,10 @@ impl Conn {
 
 fn check_reply_header(code: u32, h: &Header) -> Result<()> {
     if h.request != code {
-        return Err(Error::BadReply(format!(
-            "reply to request {} while waiting for {code}",
-            h.request
-        )));
+        return Err(Error::BadReply(format!("reply to request {} while waiting for {code}", h.request)));
     }
     if h.flags & flags::REPLY == 0 || h.flags & flags::VERSION_MASK != flags::VERSION {
-        return Err(Error::BadReply(format!(
-            "reply flags {:#x} for request {code}",
-            h.flags
-        )));
+        return Err(Error::BadReply(format!("reply flags {:#x} for request {code}", h.flags)));
     }
     Ok(())
 }
@@ -472,19 +398,10 @@ mod tests {
         c.set_reply_ack(true);
         reply(&peer, request::SET_VRING_NUM, &proto::encode_u64(1));
         let e = c.set_vring_num(0, 256).unwrap_err();
-        assert!(matches!(
-            e,
-            Error::Nack {
-                code: request::SET_VRING_NUM,
-                status: 1
-            }
-        ));
+        assert!(matches!(e, Error::Nack { code: request::SET_VRING_NUM, status: 1 }));
         let (h, p) = read_msg(&peer);
         assert_eq!(h.flags, flags::VERSION | flags::NEED_REPLY);
-        assert_eq!(
-            VringState::decode(&p),
-            Some(VringState { index: 0, num: 256 })
-        );
+        assert_eq!(VringState::decode(&p), Some(VringState { index: 0, num: 256 }));
         reply(&peer, request::SET_VRING_NUM, &proto::encode_u64(0));
         c.set_vring_num(1, 64).unwrap();
     }
@@ -496,16 +413,10 @@ mod tests {
         assert!(matches!(c.get_features(), Err(Error::Timeout)));
         // A partial header then silence also times out.
         sys::send_with_fds(peer.as_raw_fd(), &[1, 0, 0], &[]).unwrap();
-        assert!(matches!(
-            c.recv_reply(Duration::from_millis(30)),
-            Err(Error::Timeout)
-        ));
+        assert!(matches!(c.recv_reply(Duration::from_millis(30)), Err(Error::Timeout)));
         drop(peer);
         assert!(c.wait_closed(Duration::from_secs(1)).unwrap());
-        assert!(matches!(
-            c.recv_reply(Duration::from_secs(1)),
-            Err(Error::Disconnected)
-        ));
+        assert!(matches!(c.recv_reply(Duration::from_secs(1)), Err(Error::Disconnected)));
         // Sending into a closed socket is an error, not SIGPIPE.
         assert!(c.set_owner().is_err() || c.set_owner().is_err());
     }
@@ -513,11 +424,7 @@ mod tests {
     #[test]
     fn oversized_reply_is_rejected() {
         let (mut c, peer) = pair();
-        let h = Header {
-            request: request::GET_FEATURES,
-            flags: flags::VERSION | flags::REPLY,
-            size: 1 << 20,
-        };
+        let h = Header { request: request::GET_FEATURES, flags: flags::VERSION | flags::REPLY, size: 1 << 20 };
         sys::send_with_fds(peer.as_raw_fd(), &h.encode(), &[]).unwrap();
         assert!(matches!(c.get_features(), Err(Error::BadReply(_))));
     }

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use crate::conn::Conn;
 use crate::proto::{
-    self, features, flags, protocol_features, request, ConfigPayload, MemRegion, VringAddr,
-    VringState,
+    self, features, flags, protocol_features, request, ConfigPayload, MemRegion, VringAddr, VringState,
 };
 use crate::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use crate::sys::EventFd;
@@ -97,12 +96,7 @@ impl FakeBackend {
                 }
             }
         });
-        FakeBackend {
-            path,
-            log,
-            stop,
-            thread: Some(thread),
-        }
+        FakeBackend { path, log, stop, thread: Some(thread) }
     }
 
     pub fn codes(&self) -> Vec<u32> {
@@ -131,23 +125,14 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(cfg: &'a FakeConfig, conn: Conn) -> Self {
-        Session {
-            cfg,
-            conn,
-            regions: Vec::new(),
-            vrings: Default::default(),
-            features: 0,
-            status: 0,
-        }
+        Session { cfg, conn, regions: Vec::new(), vrings: Default::default(), features: 0, status: 0 }
     }
 
     fn serve(&mut self, log: &Mutex<Vec<(u32, u32)>>, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             match self.conn.recv_reply(Duration::from_millis(1)) {
                 Ok(msg) => {
-                    log.lock()
-                        .unwrap()
-                        .push((msg.header.request, msg.header.flags));
+                    log.lock().unwrap().push((msg.header.request, msg.header.flags));
                     self.handle(msg);
                 }
                 Err(Error::Timeout) => {}
@@ -158,9 +143,7 @@ impl<'a> Session<'a> {
     }
 
     fn reply(&mut self, code: u32, payload: &[u8]) {
-        let _ = self
-            .conn
-            .send(code, flags::VERSION | flags::REPLY, payload, &[]);
+        let _ = self.conn.send(code, flags::VERSION | flags::REPLY, payload, &[]);
     }
 
     fn handle(&mut self, msg: crate::Reply) {
@@ -185,29 +168,20 @@ impl<'a> Session<'a> {
                 space.extend_from_slice(&1u16.to_le_bytes());
                 space.extend_from_slice(&1500u16.to_le_bytes());
                 let (o, s) = (req.offset as usize, req.size as usize);
-                let out = ConfigPayload {
-                    payload: space[o..o + s].to_vec(),
-                    ..req
-                };
+                let out = ConfigPayload { payload: space[o..o + s].to_vec(), ..req };
                 return self.reply(code, &out.encode());
             }
             request::GET_VRING_BASE => {
                 let s = VringState::decode(p).unwrap();
                 let v = &self.vrings[s.index as usize];
-                let r = VringState {
-                    index: s.index,
-                    num: u32::from(v.last_avail),
-                };
+                let r = VringState { index: s.index, num: u32::from(v.last_avail) };
                 return self.reply(code, &r.encode());
             }
             request::SET_FEATURES => self.features = proto::decode_u64(p).unwrap(),
             request::SET_STATUS => self.status = proto::decode_u64(p).unwrap() as u8,
             request::SET_MEM_TABLE => {
                 let regions = proto::decode_mem_table(p).unwrap();
-                self.regions = regions
-                    .into_iter()
-                    .zip(fds.drain(..).map(File::from))
-                    .collect();
+                self.regions = regions.into_iter().zip(fds.drain(..).map(File::from)).collect();
             }
             request::SET_VRING_NUM => {
                 let s = VringState::decode(p).unwrap();
@@ -292,10 +266,7 @@ impl<'a> Session<'a> {
     }
 
     fn desc(&self, q: usize, i: u16) -> (u64, u32, u16, u16) {
-        let b = self.rd(
-            self.uva(self.vrings[q].addr.desc_user_addr + 16 * u64::from(i)),
-            16,
-        );
+        let b = self.rd(self.uva(self.vrings[q].addr.desc_user_addr + 16 * u64::from(i)), 16);
         (
             proto::le_u64(&b[0..8]),
             proto::le_u32(&b[8..12]),

@@ -66,12 +66,7 @@ impl GuestMemory {
         if ptr == libc::MAP_FAILED {
             return Err(Error::CreateMemory(std::io::Error::last_os_error()));
         }
-        Ok(GuestMemory {
-            file,
-            ptr: ptr.cast(),
-            size,
-            gpa_base,
-        })
+        Ok(GuestMemory { file, ptr: ptr.cast(), size, gpa_base })
     }
 
     /// Size in bytes.
@@ -112,10 +107,7 @@ impl GuestMemory {
 
     /// Offset of `[gpa, gpa+len)` inside the region, or `OutOfRange`.
     fn offset(&self, gpa: u64, len: usize) -> Result<usize> {
-        let oor = || Error::OutOfRange {
-            gpa,
-            len: len as u64,
-        };
+        let oor = || Error::OutOfRange { gpa, len: len as u64 };
         let off = gpa.checked_sub(self.gpa_base).ok_or_else(oor)?;
         let end = off.checked_add(len as u64).ok_or_else(oor)?;
         if end > self.size as u64 {
@@ -250,10 +242,7 @@ mod tests {
     fn gpa_and_user_addresses_differ_and_translate() {
         let m = GuestMemory::new(1 << 16, DEFAULT_GPA_BASE).unwrap();
         assert_ne!(m.user_addr(), m.gpa_base());
-        assert_eq!(
-            m.gpa_to_user(DEFAULT_GPA_BASE + 16),
-            Some(m.user_addr() + 16)
-        );
+        assert_eq!(m.gpa_to_user(DEFAULT_GPA_BASE + 16), Some(m.user_addr() + 16));
         assert_eq!(m.gpa_to_user(DEFAULT_GPA_BASE - 1), None);
         assert_eq!(m.gpa_to_user(DEFAULT_GPA_BASE + (1 << 16)), None);
         let r = m.region();

@@ -32,10 +32,8 @@ pub const DEFAULT_FEATURES: u64 = features::VERSION_1
     | features::STATUS
     | features::PROTOCOL_FEATURES;
 /// Protocol features the driver acks by default (masked by the backend's offer).
-pub const DEFAULT_PROTOCOL_FEATURES: u64 = protocol_features::MQ
-    | protocol_features::REPLY_ACK
-    | protocol_features::CONFIG
-    | protocol_features::STATUS;
+pub const DEFAULT_PROTOCOL_FEATURES: u64 =
+    protocol_features::MQ | protocol_features::REPLY_ACK | protocol_features::CONFIG | protocol_features::STATUS;
 
 const PAGE: u64 = 4096;
 
@@ -163,37 +161,24 @@ impl VirtioNet {
         let path = path.as_ref().to_owned();
         let num = options.queue_size;
         if !num.is_power_of_two() || num > crate::ring::MAX_QUEUE_SIZE {
-            return Err(Error::InvalidOptions(
-                "queue size must be a power of two <= 32768",
-            ));
+            return Err(Error::InvalidOptions("queue size must be a power of two <= 32768"));
         }
-        if (options.rx_buf_size as usize) < NET_HDR_SIZE
-            || (options.tx_buf_size as usize) < NET_HDR_SIZE
-        {
+        if (options.rx_buf_size as usize) < NET_HDR_SIZE || (options.tx_buf_size as usize) < NET_HDR_SIZE {
             return Err(Error::InvalidOptions("buffers smaller than the net header"));
         }
 
         // Memory layout.
         let n = u64::from(num);
         let ring_bytes = align_up(
-            RingLayout::desc_size(num)
-                + align_up(RingLayout::avail_size(num), 16)
-                + RingLayout::used_size(num),
+            RingLayout::desc_size(num) + align_up(RingLayout::avail_size(num), 16) + RingLayout::used_size(num),
             PAGE,
         ) + 2 * PAGE;
         let rx_bufs = align_up(n * u64::from(options.rx_buf_size), PAGE);
         let tx_bufs = align_up(n * u64::from(options.tx_buf_size), PAGE);
         let need = 2 * ring_bytes + rx_bufs + tx_bufs;
-        let size = if options.mem_size == 0 {
-            align_up(need + (1 << 20), PAGE) as usize
-        } else {
-            options.mem_size
-        };
+        let size = if options.mem_size == 0 { align_up(need + (1 << 20), PAGE) as usize } else { options.mem_size };
         if (size as u64) < need {
-            return Err(Error::MemoryTooSmall {
-                need,
-                have: size as u64,
-            });
+            return Err(Error::MemoryTooSmall { need, have: size as u64 });
         }
         let mem = GuestMemory::new(size, options.gpa_base)?;
         let base = mem.gpa_base();
@@ -201,12 +186,7 @@ impl VirtioNet {
             let desc = start;
             let avail = desc + RingLayout::desc_size(num);
             let used = align_up(avail + RingLayout::avail_size(num), PAGE);
-            RingLayout {
-                num,
-                desc,
-                avail,
-                used,
-            }
+            RingLayout { num, desc, avail, used }
         };
         let rx_layout = ring_at(base);
         let tx_layout = ring_at(base + ring_bytes);
@@ -314,11 +294,7 @@ impl VirtioNet {
             let s = self.queue(q);
             (*s.ring.layout(), s.kick.as_raw_fd(), s.call.as_raw_fd())
         };
-        let user = |gpa: u64| {
-            self.mem
-                .gpa_to_user(gpa)
-                .expect("rings are laid out inside guest memory")
-        };
+        let user = |gpa: u64| self.mem.gpa_to_user(gpa).expect("rings are laid out inside guest memory");
         let addr = VringAddr {
             index: idx,
             flags: 0,
@@ -360,15 +336,8 @@ impl VirtioNet {
     fn post_rx_buffer(&mut self) -> Result<()> {
         let size = self.rx.buf_size;
         // Allocate first to learn the slot, then point the descriptor at its buffer.
-        let head = self.rx.ring.add_chain(
-            &self.mem,
-            &[Descriptor {
-                addr: 0,
-                len: size,
-                flags: DESC_F_WRITE,
-                next: 0,
-            }],
-        )?;
+        let head =
+            self.rx.ring.add_chain(&self.mem, &[Descriptor { addr: 0, len: size, flags: DESC_F_WRITE, next: 0 }])?;
         let d = Descriptor {
             addr: self.rx.buf_base + u64::from(head) * u64::from(size),
             len: size,
@@ -454,11 +423,8 @@ impl VirtioNet {
     }
 
     fn kick_if_needed(&mut self, q: u16) -> Result<()> {
-        let need = if q == RX_QUEUE {
-            self.rx.ring.needs_kick(&self.mem)?
-        } else {
-            self.tx.ring.needs_kick(&self.mem)?
-        };
+        let need =
+            if q == RX_QUEUE { self.rx.ring.needs_kick(&self.mem)? } else { self.tx.ring.needs_kick(&self.mem)? };
         if need {
             self.kick(q)?;
         }
@@ -492,30 +458,12 @@ impl VirtioNet {
         for frame in frames {
             self.wait_tx_slot(*posted > 0)?;
             let size = self.tx.buf_size;
-            let len = u32::try_from(self.hdr_len + frame.len())
-                .expect("frame length bounded by tx_buf_size");
-            let head = self.tx.ring.add_chain(
-                &self.mem,
-                &[Descriptor {
-                    addr: 0,
-                    len,
-                    flags: 0,
-                    next: 0,
-                }],
-            )?;
+            let len = u32::try_from(self.hdr_len + frame.len()).expect("frame length bounded by tx_buf_size");
+            let head = self.tx.ring.add_chain(&self.mem, &[Descriptor { addr: 0, len, flags: 0, next: 0 }])?;
             let addr = self.tx.buf_base + u64::from(head) * u64::from(size);
             self.mem.write(addr, &hdr)?;
             self.mem.write(addr + self.hdr_len as u64, frame)?;
-            self.tx.ring.write_desc(
-                &self.mem,
-                head,
-                &Descriptor {
-                    addr,
-                    len,
-                    flags: 0,
-                    next: 0,
-                },
-            )?;
+            self.tx.ring.write_desc(&self.mem, head, &Descriptor { addr, len, flags: 0, next: 0 })?;
             self.tx.ring.push_avail(&self.mem, head)?;
             *posted += 1;
         }
@@ -607,18 +555,12 @@ impl VirtioNet {
             let slot = u16::try_from(elem.id).expect("pop_used checked the id is a slot");
             let size = self.rx.buf_size;
             let addr = self.rx.buf_base + u64::from(slot) * u64::from(size);
-            let data = if elem.len > size {
-                None
-            } else {
-                Some(self.mem.read_vec(addr, elem.len as usize)?)
-            };
+            let data = if elem.len > size { None } else { Some(self.mem.read_vec(addr, elem.len as usize)?) };
             // Only slot-owned buffers are re-posted: raw posts are the test's business.
             if self.options.fill_rx {
                 self.post_rx_buffer()?;
             }
-            let data = data.ok_or_else(|| {
-                Error::BadUsed(format!("rx len {} exceeds buffer {size}", elem.len))
-            })?;
+            let data = data.ok_or_else(|| Error::BadUsed(format!("rx len {} exceeds buffer {size}", elem.len)))?;
             match self.rx_partial.take() {
                 Some(mut p) => {
                     p.data.extend_from_slice(&data);
@@ -630,16 +572,9 @@ impl VirtioNet {
                 }
                 None => {
                     if data.len() < self.hdr_len {
-                        return Err(Error::BadUsed(format!(
-                            "rx len {} shorter than the net header",
-                            data.len()
-                        )));
+                        return Err(Error::BadUsed(format!("rx len {} shorter than the net header", data.len())));
                     }
-                    let nbufs = if mrg {
-                        u16::from_le_bytes([data[10], data[11]])
-                    } else {
-                        1
-                    };
+                    let nbufs = if mrg { u16::from_le_bytes([data[10], data[11]]) } else { 1 };
                     if nbufs == 0 || nbufs > self.rx.ring.num() {
                         return Err(Error::BadUsed(format!("num_buffers {nbufs}")));
                     }
@@ -647,10 +582,7 @@ impl VirtioNet {
                     if nbufs == 1 {
                         return Ok(Some(self.finish_rx(frame)));
                     }
-                    self.rx_partial = Some(RxPartial {
-                        data: frame,
-                        remaining: nbufs - 1,
-                    });
+                    self.rx_partial = Some(RxPartial { data: frame, remaining: nbufs - 1 });
                 }
             }
         }
@@ -694,9 +626,7 @@ impl VirtioNet {
     /// returns their guest physical address, for hand-made buffers or indirect tables.
     pub fn alloc_scratch(&mut self, len: u64, align: u64) -> Result<u64> {
         let at = align_up(self.scratch_next, align.max(1));
-        let end = at
-            .checked_add(len)
-            .ok_or(Error::OutOfRange { gpa: at, len })?;
+        let end = at.checked_add(len).ok_or(Error::OutOfRange { gpa: at, len })?;
         if end > self.scratch_end {
             return Err(Error::OutOfRange { gpa: at, len });
         }
@@ -783,9 +713,7 @@ mod tests {
     const T: Duration = Duration::from_secs(5);
 
     fn frame(n: usize, seed: u8) -> Vec<u8> {
-        (0..n)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect()
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
     }
 
     #[test]
@@ -797,14 +725,8 @@ mod tests {
         assert_eq!(dev.protocol_features(), DEFAULT_PROTOCOL_FEATURES);
         assert_eq!(dev.hdr_len(), 12);
         use request::*;
-        let per_queue = [
-            SET_VRING_NUM,
-            SET_VRING_BASE,
-            SET_VRING_ADDR,
-            SET_VRING_KICK,
-            SET_VRING_CALL,
-            SET_VRING_ENABLE,
-        ];
+        let per_queue =
+            [SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE];
         let mut want = vec![
             SET_OWNER,
             GET_FEATURES,
@@ -829,10 +751,7 @@ mod tests {
     #[test]
     fn loopback_many_frames_through_small_rings() {
         let b = FakeBackend::spawn(FakeConfig::default());
-        let opts = Options {
-            queue_size: 8,
-            ..Options::default()
-        };
+        let opts = Options { queue_size: 8, ..Options::default() };
         let mut dev = VirtioNet::connect(&b.path, opts).unwrap();
         for i in 0..300u32 {
             let f = frame(60 + (i as usize % 1400), i as u8);
@@ -851,12 +770,7 @@ mod tests {
     #[test]
     fn bursts_and_mergeable_rx() {
         let b = FakeBackend::spawn(FakeConfig::default());
-        let opts = Options {
-            queue_size: 64,
-            rx_buf_size: 256,
-            tx_buf_size: 4096,
-            ..Options::default()
-        };
+        let opts = Options { queue_size: 64, rx_buf_size: 256, tx_buf_size: 4096, ..Options::default() };
         let mut dev = VirtioNet::connect(&b.path, opts).unwrap();
         let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(1000 + i * 333, i as u8)).collect();
         let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
@@ -865,10 +779,7 @@ mod tests {
             assert_eq!(&dev.recv_timeout(T).unwrap().unwrap(), f);
         }
         assert!(dev.recv().unwrap().is_none());
-        assert!(
-            dev.rx_used_idx().unwrap() > 5,
-            "frames spanned several buffers"
-        );
+        assert!(dev.rx_used_idx().unwrap() > 5, "frames spanned several buffers");
     }
 
     #[test]
@@ -895,72 +806,36 @@ mod tests {
         let b = FakeBackend::spawn(FakeConfig::default());
         let mut dev = VirtioNet::connect(&b.path, Options::default()).unwrap();
         let t = Instant::now();
-        assert!(dev
-            .recv_timeout(Duration::from_millis(50))
-            .unwrap()
-            .is_none());
+        assert!(dev.recv_timeout(Duration::from_millis(50)).unwrap().is_none());
         assert!(t.elapsed() >= Duration::from_millis(50));
-        assert!(matches!(
-            dev.send(&[0u8; 2048]),
-            Err(Error::FrameTooLarge { max: 2036, .. })
-        ));
+        assert!(matches!(dev.send(&[0u8; 2048]), Err(Error::FrameTooLarge { max: 2036, .. })));
     }
 
     #[test]
     fn nack_fails_connect() {
-        let b = FakeBackend::spawn(FakeConfig {
-            nack: Some(request::SET_VRING_ADDR),
-            ..FakeConfig::default()
-        });
+        let b = FakeBackend::spawn(FakeConfig { nack: Some(request::SET_VRING_ADDR), ..FakeConfig::default() });
         let e = VirtioNet::connect(&b.path, Options::default()).unwrap_err();
-        assert!(matches!(
-            e,
-            Error::Nack {
-                code: request::SET_VRING_ADDR,
-                ..
-            }
-        ));
+        assert!(matches!(e, Error::Nack { code: request::SET_VRING_ADDR, .. }));
     }
 
     #[test]
     fn connect_errors() {
         let e = VirtioNet::connect("/nonexistent/vfnic.sock", Options::default()).unwrap_err();
         assert!(matches!(e, Error::Connect { .. }));
-        let opts = Options {
-            queue_size: 100,
-            ..Options::default()
-        };
-        assert!(matches!(
-            VirtioNet::connect("/nonexistent", opts),
-            Err(Error::InvalidOptions(_))
-        ));
-        let opts = Options {
-            mem_size: 4096,
-            ..Options::default()
-        };
-        assert!(matches!(
-            VirtioNet::connect("/nonexistent", opts),
-            Err(Error::MemoryTooSmall { .. })
-        ));
+        let opts = Options { queue_size: 100, ..Options::default() };
+        assert!(matches!(VirtioNet::connect("/nonexistent", opts), Err(Error::InvalidOptions(_))));
+        let opts = Options { mem_size: 4096, ..Options::default() };
+        assert!(matches!(VirtioNet::connect("/nonexistent", opts), Err(Error::MemoryTooSmall { .. })));
     }
 
     #[test]
     fn reconnect_works() {
-        let b = FakeBackend::spawn(FakeConfig {
-            connections: 2,
-            ..FakeConfig::default()
-        });
+        let b = FakeBackend::spawn(FakeConfig { connections: 2, ..FakeConfig::default() });
         let dev = VirtioNet::connect(&b.path, Options::default()).unwrap();
         let mut dev = dev.reconnect().unwrap();
         dev.send(&frame(100, 7)).unwrap();
         assert_eq!(dev.recv_timeout(T).unwrap().unwrap(), frame(100, 7));
-        assert_eq!(
-            b.codes()
-                .iter()
-                .filter(|&&c| c == request::SET_OWNER)
-                .count(),
-            2
-        );
+        assert_eq!(b.codes().iter().filter(|&&c| c == request::SET_OWNER).count(), 2);
     }
 
     #[test]
@@ -973,20 +848,8 @@ mod tests {
         dev.write_mem(hdr, &[0u8; 12]).unwrap();
         dev.write_mem(body, &frame(64, 3)).unwrap();
         let descs = [
-            RawDesc {
-                index: 10,
-                addr: hdr,
-                len: 12,
-                flags: DESC_F_NEXT,
-                next: 11,
-            },
-            RawDesc {
-                index: 11,
-                addr: body,
-                len: 64,
-                flags: 0,
-                next: 0,
-            },
+            RawDesc { index: 10, addr: hdr, len: 12, flags: DESC_F_NEXT, next: 11 },
+            RawDesc { index: 11, addr: body, len: 64, flags: 0, next: 0 },
         ];
         dev.post_tx_raw(&descs, 10).unwrap();
         assert_eq!(dev.recv_timeout(T).unwrap().unwrap(), frame(64, 3));
@@ -998,10 +861,7 @@ mod tests {
         assert!(!dev.tx_ring().is_in_flight(10));
         assert_eq!(dev.tx_used_idx().unwrap(), 1);
         assert!(dev.read_mem(dev.memory().gpa_base() - 1, 1).is_err());
-        assert_ne!(
-            dev.gpa_of_buffer(Queue::Rx, 1),
-            dev.gpa_of_buffer(Queue::Tx, 1)
-        );
+        assert_ne!(dev.gpa_of_buffer(Queue::Rx, 1), dev.gpa_of_buffer(Queue::Tx, 1));
     }
 
     #[test]

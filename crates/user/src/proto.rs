@@ -175,11 +175,7 @@ impl Header {
 
     /// Decodes a header from 12 little-endian bytes.
     pub fn decode(b: &[u8; HEADER_SIZE]) -> Self {
-        Header {
-            request: le_u32(&b[0..4]),
-            flags: le_u32(&b[4..8]),
-            size: le_u32(&b[8..12]),
-        }
+        Header { request: le_u32(&b[0..4]), flags: le_u32(&b[4..8]), size: le_u32(&b[8..12]) }
     }
 }
 
@@ -190,14 +186,7 @@ impl Header {
 pub fn encode_message(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
     let size = u32::try_from(payload.len()).expect("vhost-user payload fits u32");
     let mut v = Vec::with_capacity(HEADER_SIZE + payload.len());
-    v.extend_from_slice(
-        &Header {
-            request,
-            flags,
-            size,
-        }
-        .encode(),
-    );
+    v.extend_from_slice(&Header { request, flags, size }.encode());
     v.extend_from_slice(payload);
     v
 }
@@ -245,10 +234,7 @@ impl VringState {
         if b.len() != 8 {
             return None;
         }
-        Some(VringState {
-            index: le_u32(&b[0..4]),
-            num: le_u32(&b[4..8]),
-        })
+        Some(VringState { index: le_u32(&b[0..4]), num: le_u32(&b[4..8]) })
     }
 }
 
@@ -368,9 +354,7 @@ pub fn decode_mem_table(b: &[u8]) -> Option<Vec<MemRegion>> {
     if body.len() != n.checked_mul(MemRegion::SIZE)? {
         return None;
     }
-    body.chunks_exact(MemRegion::SIZE)
-        .map(MemRegion::decode)
-        .collect()
+    body.chunks_exact(MemRegion::SIZE).map(MemRegion::decode).collect()
 }
 
 /// Encodes a single-region payload for ADD_MEM_REG / REM_MEM_REG: `{padding u64, region}`.
@@ -414,12 +398,7 @@ impl ConfigPayload {
         if b.len() - 12 != size as usize {
             return None;
         }
-        Some(ConfigPayload {
-            offset: le_u32(&b[0..4]),
-            size,
-            flags: le_u32(&b[8..12]),
-            payload: b[12..].to_vec(),
-        })
+        Some(ConfigPayload { offset: le_u32(&b[0..4]), size, flags: le_u32(&b[8..12]), payload: b[12..].to_vec() })
     }
 }
 
@@ -441,11 +420,7 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_layout() {
-        let h = Header {
-            request: request::SET_VRING_ADDR,
-            flags: flags::VERSION | flags::NEED_REPLY,
-            size: 40,
-        };
+        let h = Header { request: request::SET_VRING_ADDR, flags: flags::VERSION | flags::NEED_REPLY, size: 40 };
         let b = h.encode();
         assert_eq!(b, [9, 0, 0, 0, 9, 0, 0, 0, 40, 0, 0, 0]);
         assert_eq!(Header::decode(&b), h);
@@ -453,11 +428,7 @@ mod tests {
 
     #[test]
     fn message_has_header_then_payload() {
-        let m = encode_message(
-            request::SET_FEATURES,
-            flags::VERSION,
-            &encode_u64(0x1_0000_8000),
-        );
+        let m = encode_message(request::SET_FEATURES, flags::VERSION, &encode_u64(0x1_0000_8000));
         assert_eq!(m.len(), 20);
         assert_eq!(&m[0..4], &2u32.to_le_bytes());
         assert_eq!(&m[8..12], &8u32.to_le_bytes());
@@ -507,12 +478,7 @@ mod tests {
 
     #[test]
     fn config_payload() {
-        let c = ConfigPayload {
-            offset: 0,
-            size: 6,
-            flags: 0,
-            payload: vec![2, 0, 0, 0, 0, 1],
-        };
+        let c = ConfigPayload { offset: 0, size: 6, flags: 0, payload: vec![2, 0, 0, 0, 0, 1] };
         let e = c.encode();
         assert_eq!(e.len(), 18);
         assert_eq!(ConfigPayload::decode(&e), Some(c));

@@ -187,9 +187,7 @@ impl Vring {
     /// `InvalidOptions` unless `num` is a power of two no larger than 32768.
     pub fn new(layout: RingLayout, event_idx: bool) -> Result<Self> {
         if !layout.num.is_power_of_two() || layout.num > MAX_QUEUE_SIZE {
-            return Err(Error::InvalidOptions(
-                "queue size must be a power of two <= 32768",
-            ));
+            return Err(Error::InvalidOptions("queue size must be a power of two <= 32768"));
         }
         Ok(Vring {
             layout,
@@ -238,9 +236,7 @@ impl Vring {
 
     /// Whether the chain with head `id` is in flight.
     pub fn is_in_flight(&self, id: u16) -> bool {
-        self.in_flight
-            .get(usize::from(id))
-            .is_some_and(|c| c.is_some())
+        self.in_flight.get(usize::from(id)).is_some_and(|c| c.is_some())
     }
 
     /// Writes one descriptor at slot `i`.
@@ -254,9 +250,7 @@ impl Vring {
         if bufs.is_empty() || bufs.len() > self.free.len() {
             return Err(Error::RingFull);
         }
-        let slots: Vec<u16> = (0..bufs.len())
-            .map(|_| self.free.pop().expect("free count checked above"))
-            .collect();
+        let slots: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().expect("free count checked above")).collect();
         for (k, (d, &slot)) in bufs.iter().zip(&slots).enumerate() {
             let mut d = *d;
             if let Some(&next) = slots.get(k + 1) {
@@ -289,12 +283,7 @@ impl Vring {
         }
         self.free.retain(|s| !slots.contains(s));
         for d in descs {
-            let desc = Descriptor {
-                addr: d.addr,
-                len: d.len,
-                flags: d.flags,
-                next: d.next,
-            };
+            let desc = Descriptor { addr: d.addr, len: d.len, flags: d.flags, next: d.next };
             self.write_desc(mem, d.index, &desc)?;
         }
         let h = usize::from(head);
@@ -356,10 +345,7 @@ impl Vring {
     pub fn used_pending(&self, mem: &GuestMemory) -> Result<u16> {
         let n = self.used_idx(mem)?.wrapping_sub(self.last_used);
         if n > self.layout.num {
-            return Err(Error::BadUsed(format!(
-                "used.idx is {n} entries ahead of a ring of {}",
-                self.layout.num
-            )));
+            return Err(Error::BadUsed(format!("used.idx is {n} entries ahead of a ring of {}", self.layout.num)));
         }
         Ok(n)
     }
@@ -375,27 +361,18 @@ impl Vring {
             return Ok(None);
         }
         let at = self.layout.used_ring(self.last_used);
-        let elem = UsedElem {
-            id: mem.read_u32(at)?,
-            len: mem.read_u32(at + 4)?,
-        };
+        let elem = UsedElem { id: mem.read_u32(at)?, len: mem.read_u32(at + 4)? };
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
             mem.store_u16(self.layout.used_event(), self.last_used, Ordering::Release)?;
         }
-        let chain = usize::try_from(elem.id)
-            .ok()
-            .and_then(|i| self.in_flight.get_mut(i))
-            .and_then(Option::take);
+        let chain = usize::try_from(elem.id).ok().and_then(|i| self.in_flight.get_mut(i)).and_then(Option::take);
         match chain {
             Some(slots) => {
                 self.free.extend(slots);
                 Ok(Some(elem))
             }
-            None => Err(Error::BadUsed(format!(
-                "used id {} is not an in-flight head",
-                elem.id
-            ))),
+            None => Err(Error::BadUsed(format!("used id {} is not an in-flight head", elem.id))),
         }
     }
 
@@ -416,11 +393,7 @@ impl Vring {
     /// where `used_event` is simply left behind).
     pub fn disable_interrupts(&self, mem: &GuestMemory) -> Result<()> {
         if !self.event_idx {
-            mem.store_u16(
-                self.layout.avail_flags(),
-                AVAIL_F_NO_INTERRUPT,
-                Ordering::Release,
-            )?;
+            mem.store_u16(self.layout.avail_flags(), AVAIL_F_NO_INTERRUPT, Ordering::Release)?;
         }
         Ok(())
     }
@@ -449,12 +422,7 @@ mod tests {
     fn ring(num: u16, event_idx: bool) -> (GuestMemory, Vring) {
         let mem = GuestMemory::new(1 << 20, 0x4000_0000).unwrap();
         let base = mem.gpa_base();
-        let layout = RingLayout {
-            num,
-            desc: base,
-            avail: base + 0x1_0000,
-            used: base + 0x2_0000,
-        };
+        let layout = RingLayout { num, desc: base, avail: base + 0x1_0000, used: base + 0x2_0000 };
         let r = Vring::new(layout, event_idx).unwrap();
         r.init(&mem).unwrap();
         (mem, r)
@@ -471,18 +439,12 @@ mod tests {
             used = used.wrapping_add(1);
             *dev_avail = dev_avail.wrapping_add(1);
         }
-        mem.store_u16(l.used_idx(), used, Ordering::Release)
-            .unwrap();
+        mem.store_u16(l.used_idx(), used, Ordering::Release).unwrap();
     }
 
     #[test]
     fn rejects_bad_sizes() {
-        let l = RingLayout {
-            num: 3,
-            desc: 0,
-            avail: 0,
-            used: 0,
-        };
+        let l = RingLayout { num: 3, desc: 0, avail: 0, used: 0 };
         assert!(Vring::new(l, false).is_err());
         assert!(Vring::new(RingLayout { num: 0, ..l }, false).is_err());
     }
@@ -496,18 +458,11 @@ mod tests {
         r.next_avail = start;
         r.kicked_avail = start;
         r.last_used = start;
-        mem.store_u16(l.avail_idx(), start, Ordering::Release)
-            .unwrap();
-        mem.store_u16(l.used_idx(), start, Ordering::Release)
-            .unwrap();
+        mem.store_u16(l.avail_idx(), start, Ordering::Release).unwrap();
+        mem.store_u16(l.used_idx(), start, Ordering::Release).unwrap();
         let mut dev_avail = start;
         for round in 0..40u32 {
-            let d = Descriptor {
-                addr: mem.gpa_base() + 0x8000,
-                len: 64,
-                flags: 0,
-                next: 0,
-            };
+            let d = Descriptor { addr: mem.gpa_base() + 0x8000, len: 64, flags: 0, next: 0 };
             let h = r.add_chain(&mem, &[d, d]).unwrap();
             r.push_avail(&mem, h).unwrap();
             r.publish(&mem).unwrap();
@@ -527,12 +482,7 @@ mod tests {
     #[test]
     fn chain_links_and_ring_full() {
         let (mem, mut r) = ring(4, false);
-        let d = Descriptor {
-            addr: 1,
-            len: 2,
-            flags: DESC_F_WRITE,
-            next: 99,
-        };
+        let d = Descriptor { addr: 1, len: 2, flags: DESC_F_WRITE, next: 99 };
         let h = r.add_chain(&mem, &[d, d, d]).unwrap();
         let l = *r.layout();
         let first = mem.read_vec(l.desc_addr(h), 16).unwrap();
@@ -585,30 +535,15 @@ mod tests {
     fn raw_posts_reserve_slots() {
         let (mem, mut r) = ring(4, false);
         let raw = [
-            RawDesc {
-                index: 1,
-                addr: 0xdead_0000,
-                len: 1,
-                flags: DESC_F_NEXT,
-                next: 2,
-            },
-            RawDesc {
-                index: 2,
-                addr: 0,
-                len: 0,
-                flags: DESC_F_NEXT,
-                next: 1,
-            },
+            RawDesc { index: 1, addr: 0xdead_0000, len: 1, flags: DESC_F_NEXT, next: 2 },
+            RawDesc { index: 2, addr: 0, len: 0, flags: DESC_F_NEXT, next: 1 },
         ];
         r.add_raw(&mem, &raw, 1).unwrap();
         assert_eq!(r.free_slots(), 2);
         assert!(r.is_in_flight(1));
         assert!(matches!(r.add_raw(&mem, &raw, 1), Err(Error::SlotBusy(1))));
         // Head out of range: slots stay reserved.
-        let raw0 = [RawDesc {
-            index: 0,
-            ..Default::default()
-        }];
+        let raw0 = [RawDesc { index: 0, ..Default::default() }];
         r.add_raw(&mem, &raw0, 999).unwrap();
         assert_eq!(r.free_slots(), 1);
     }

@@ -17,15 +17,9 @@ pub(crate) const MAX_FDS: usize = 253;
 /// Returns the number of bytes sent.
 pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     if fds.len() > MAX_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many fds for one message",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
     }
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
     let fd_bytes = std::mem::size_of_val(fds);
     // CMSG_SPACE of at most 253 * 4 bytes cannot overflow u32.
     let fd_bytes_u32 = u32::try_from(fd_bytes).expect("fd payload bounded by MAX_FDS");
@@ -48,11 +42,7 @@ pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Res
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes_u32) as _;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr().cast::<u8>(),
-                libc::CMSG_DATA(cmsg),
-                fd_bytes,
-            );
+            std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
         }
     }
     loop {
@@ -72,17 +62,9 @@ pub(crate) fn send_with_fds(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Res
 /// Receives into `buf` with one non-blocking `recvmsg`, collecting any SCM_RIGHTS fds
 /// into `fds` (they become owned, so they are closed when dropped). Returns the bytes
 /// read (0 = peer closed).
-pub(crate) fn recv_with_fds(
-    sock: RawFd,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let max_bytes =
-        u32::try_from(MAX_FDS * std::mem::size_of::<RawFd>()).expect("MAX_FDS fds fit u32 bytes");
+pub(crate) fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let max_bytes = u32::try_from(MAX_FDS * std::mem::size_of::<RawFd>()).expect("MAX_FDS fds fit u32 bytes");
     // SAFETY: CMSG_SPACE only computes a size from its argument.
     let space = unsafe { libc::CMSG_SPACE(max_bytes) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
@@ -95,8 +77,7 @@ pub(crate) fn recv_with_fds(
     let n = loop {
         // SAFETY: `msg` describes `buf` (writable, buf.len() bytes) and `cbuf` (`space`
         // bytes), both alive for the call; MSG_CMSG_CLOEXEC keeps received fds private.
-        let n =
-            unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
             break n as usize;
         }
@@ -132,11 +113,7 @@ pub(crate) fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = timeout_ms(left);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: `pfd` is one valid pollfd on the stack for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r > 0 {
@@ -193,10 +170,7 @@ impl EventFd {
         let mut b = [0u8; 8];
         match (&self.0).read(&mut b) {
             Ok(8) => Ok(u64::from_ne_bytes(b)),
-            Ok(_) => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "short eventfd read",
-            )),
+            Ok(_) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short eventfd read")),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(e),
         }

@@ -51,36 +51,59 @@ pub fn fault_queue(f: &Function, s: &mut VringState, kind: ErrorKind, queue: u16
     tracing::warn!(vf = f.id.0, queue, error = kind.as_str(), "queue faulted by a tenant error");
 }
 
-/// Copies `frame` into `dest`'s RX queue 0. On success the used entries are
-/// published; the caller raises the interrupt once per burst.
-pub fn deliver(dest: &Function, frame: Frame<'_>, scratch: &mut RxScratch) -> Result<(), DropReason> {
+/// Copies `frames`, in order, into `dest`'s RX queue 0: one lock, one
+/// publish and at most one interrupt for the whole group. Returns how many
+/// were delivered; each one not delivered is counted on `dest` by reason.
+pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>>, scratch: &mut RxScratch) -> u64 {
+    let mut frames = frames.peekable();
+    if frames.peek().is_none() {
+        return 0;
+    }
     if !dest.link_up() {
-        return Err(DropReason::RxLinkDown);
+        dest.counters.drop_frames(DropReason::RxLinkDown, frames.count() as u64);
+        return 0;
     }
     let rx = dest.rx(0);
     let mut s = rx.lock();
     if !s.ready() {
-        return Err(DropReason::RxNotReady);
+        dest.counters.drop_frames(DropReason::RxNotReady, frames.count() as u64);
+        return 0;
     }
     let acked = dest.acked_features();
     let hdr_len = features::net_hdr_len(acked) as u64;
     let mergeable = features::mergeable(acked);
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
-    let result = fill(ring, frame, hdr_len, mergeable, indirect, scratch);
-    ring.publish_used();
-    match result {
-        Ok(()) => {
-            dest.counters.rx_packets.inc();
-            dest.counters.rx_bytes.add(frame.len);
-            Ok(())
-        }
-        Err(Fill::Drop(r)) => Err(r),
-        Err(Fill::Fault(kind)) => {
-            fault_queue(dest, &mut s, kind, rx.index);
-            Err(DropReason::RxBadDescriptor)
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let mut fault = None;
+    for frame in frames.by_ref() {
+        match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
+            Ok(()) => {
+                packets += 1;
+                bytes += frame.len;
+            }
+            Err(Fill::Drop(r)) => dest.counters.drop_frames(r, 1),
+            Err(Fill::Fault(kind)) => {
+                fault = Some(kind);
+                dest.counters.drop_frames(DropReason::RxBadDescriptor, 1);
+                break;
+            }
         }
     }
+    ring.publish_used();
+    if packets > 0 && ring.needs_interrupt() {
+        if let Some(call) = &s.call {
+            call.signal();
+            dest.counters.interrupts.inc();
+        }
+    }
+    if let Some(kind) = fault {
+        dest.counters.drop_frames(DropReason::RxBadDescriptor, frames.count() as u64);
+        fault_queue(dest, &mut s, kind, rx.index);
+    }
+    dest.counters.rx_packets.add(packets);
+    dest.counters.rx_bytes.add(bytes);
+    packets
 }
 
 enum Fill {

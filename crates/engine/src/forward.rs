@@ -1,6 +1,8 @@
-//! One burst of one TX queue: walk each chain, ask the switch, deliver.
-
-use std::sync::Arc;
+//! One burst of one TX queue, with look-ahead: take a burst of chains, walk
+//! them all, resolve every destination under one read of the forwarding
+//! table, then deliver per destination in one group (one RX lock, one
+//! publish, one interrupt per receiver per burst). Frames keep their order
+//! per (sender queue, receiver).
 
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::Cursor;
@@ -9,23 +11,46 @@ use vfnic_op::{features, Function};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, MacAddr};
 
-use crate::deliver::{deliver, fault_queue, Frame, RxScratch};
+use crate::deliver::{deliver_group, fault_queue, Frame, RxScratch};
 use crate::fabric::{port_of, Fabric};
 
 /// Most chains taken from one TX queue before the engine moves on.
-pub const BURST: u16 = 64;
+pub const BURST: usize = 64;
 /// Ethernet header length.
 const ETH_HLEN: u64 = 14;
 /// Room for a VLAN tag on top of the MTU.
 const VLAN_HLEN: u64 = 4;
 
+/// Where one frame of the burst goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// Dropped before the switch (counted).
+    Nowhere,
+    /// One port.
+    Port(u16),
+    /// Every connected port but the sender.
+    Flood,
+}
+
 /// Per-engine reusable state: a burst allocates nothing.
-#[derive(Default)]
 pub struct Scratch {
-    tx: Chain,
+    tx: Vec<Chain>,
+    dest: Vec<(Dest, u64)>,
+    learn: Vec<MacAddr>,
+    ports: Vec<u16>,
     rx: RxScratch,
-    /// Ports whose RX queue got frames in this burst (interrupt at the end).
-    dirty: Vec<u16>,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            tx: (0..BURST).map(|_| Chain::default()).collect(),
+            dest: Vec::with_capacity(BURST),
+            learn: Vec::with_capacity(BURST),
+            ports: Vec::with_capacity(64),
+            rx: RxScratch::default(),
+        }
+    }
 }
 
 fn ring_fault_kind(e: RingError) -> ErrorKind {
@@ -44,26 +69,20 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     if !s.ready() {
         return 0;
     }
-    let acked = f.acked_features();
-    let hdr_len = features::net_hdr_len(acked) as u64;
     let indirect = s.indirect;
-    let ports = fabric.ports();
-    let ingress = port_of(f);
-    let link_up = f.link_up();
-    let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
-    let now_ms = fabric.now_ms();
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     let pending = match ring.pending() {
-        Ok(n) => n.min(BURST),
+        Ok(0) => return 0,
+        Ok(n) => (n as usize).min(BURST),
         Err(e) => {
             fault_queue(f, &mut s, ring_fault_kind(e), tx.index);
             return 0;
         }
     };
-    let mut done = 0usize;
+
+    // 1. Look ahead: take and walk the whole burst.
     let mut fault = None;
-    let mut tx_bytes = 0u64;
-    let mut tx_packets = 0u64;
+    let mut n = 0;
     for _ in 0..pending {
         let head = match ring.pop_head() {
             Ok(h) => h,
@@ -72,64 +91,108 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
                 break;
             }
         };
-        done += 1;
-        let chain = &mut scratch.tx;
-        if let Err(e) = chain.walk(ring, head, Access::DeviceReads, indirect) {
-            ring.push_used(head, 0);
+        // Completed with length 0 (the device writes nothing into TX
+        // buffers); made visible only after the copies, at the end.
+        ring.push_used(head, 0);
+        if let Err(e) = scratch.tx[n].walk(ring, head, Access::DeviceReads, indirect) {
             f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
             fault = Some(e.kind());
             break;
         }
-        ring.push_used(head, 0);
-        if chain.len() < hdr_len + ETH_HLEN {
-            f.counters.drop_frames(DropReason::TxRunt, 1);
-            continue;
-        }
-        let len = chain.len() - hdr_len;
-        if len > max_frame {
-            f.counters.drop_frames(DropReason::TxOversize, 1);
-            continue;
-        }
-        if !link_up {
-            f.counters.drop_frames(DropReason::TxLinkDown, 1);
-            continue;
-        }
-        let mut eth = [0u8; 12];
-        let mut cur = Cursor::new(chain);
-        cur.skip(hdr_len);
-        cur.gather(&mut eth);
-        let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
-        let src = MacAddr::from_slice(&eth[6..]).expect("6 bytes");
-        tx_packets += 1;
-        tx_bytes += len;
-        let decision = {
-            let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
-            let learned = fdb.is_learned(src, ingress, now_ms);
-            let d = fdb.forward(ingress, dst);
-            drop(fdb);
-            if !learned {
-                fabric.fdb().learn(src, ingress, now_ms);
+        n += 1;
+    }
+
+    // 2. Classify: drops before the switch, then one read of the table.
+    let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
+    let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
+    let link_up = f.link_up();
+    let ingress = port_of(f);
+    let now_ms = fabric.now_ms();
+    let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
+    scratch.dest.clear();
+    scratch.learn.clear();
+    {
+        let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
+        for chain in &scratch.tx[..n] {
+            let drop = if chain.len() < hdr_len + ETH_HLEN {
+                Some(DropReason::TxRunt)
+            } else if chain.len() - hdr_len > max_frame {
+                Some(DropReason::TxOversize)
+            } else if !link_up {
+                Some(DropReason::TxLinkDown)
+            } else {
+                None
+            };
+            if let Some(r) = drop {
+                f.counters.drop_frames(r, 1);
+                scratch.dest.push((Dest::Nowhere, 0));
+                continue;
             }
-            d
-        };
-        let frame = Frame { chain, offset: hdr_len, len };
-        match decision {
-            Forward::Unicast(p) => match ports.get(p.0 as usize).and_then(Option::as_ref) {
-                Some(dest) => send_one(dest, frame, &mut scratch.rx, &mut scratch.dirty),
-                None => f.counters.drop_frames(DropReason::RxNotReady, 1),
-            },
-            Forward::Flood => {
-                for dest in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
-                    send_one(dest, frame, &mut scratch.rx, &mut scratch.dirty);
+            let len = chain.len() - hdr_len;
+            let mut eth = [0u8; 12];
+            let mut cur = Cursor::new(chain);
+            cur.skip(hdr_len);
+            cur.gather(&mut eth);
+            let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
+            let src = MacAddr::from_slice(&eth[6..]).expect("6 bytes");
+            if !fdb.is_learned(src, ingress, now_ms) && !scratch.learn.contains(&src) {
+                scratch.learn.push(src);
+            }
+            tx_packets += 1;
+            tx_bytes += len;
+            let dest = match fdb.forward(ingress, dst) {
+                Forward::Unicast(p) => Dest::Port(p.0),
+                Forward::Flood => Dest::Flood,
+                Forward::Hairpin => {
+                    f.counters.drop_frames(DropReason::TxHairpin, 1);
+                    Dest::Nowhere
                 }
-            }
-            Forward::Hairpin => f.counters.drop_frames(DropReason::TxHairpin, 1),
+            };
+            scratch.dest.push((dest, len));
         }
     }
+    if !scratch.learn.is_empty() {
+        let mut fdb = fabric.fdb();
+        for src in &scratch.learn {
+            fdb.learn(*src, ingress, now_ms);
+        }
+    }
+
+    // 3. Deliver per destination, in order of first appearance.
+    let ports = fabric.ports();
+    scratch.ports.clear();
+    for (d, _) in &scratch.dest {
+        match *d {
+            Dest::Port(p) if !scratch.ports.contains(&p) => scratch.ports.push(p),
+            Dest::Flood => {
+                for dest in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
+                    if !scratch.ports.contains(&dest.id.0) {
+                        scratch.ports.push(dest.id.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for &p in &scratch.ports {
+        let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else {
+            let lost = scratch.dest.iter().filter(|(d, _)| *d == Dest::Port(p)).count();
+            f.counters.drop_frames(DropReason::RxNotReady, lost as u64);
+            continue;
+        };
+        let frames = scratch.tx[..n].iter().zip(&scratch.dest).filter_map(|(chain, &(d, len))| {
+            let to_p = d == Dest::Port(p) || (d == Dest::Flood && dest.connected());
+            to_p.then_some(Frame { chain, offset: hdr_len, len })
+        });
+        deliver_group(dest, frames, &mut scratch.rx);
+    }
+    drop(ports);
+
+    // 4. Complete the TX chains: one publish, at most one interrupt.
     f.counters.tx_packets.add(tx_packets);
     f.counters.tx_bytes.add(tx_bytes);
     ring.publish_used();
-    if done > 0 && ring.needs_interrupt() {
+    if ring.needs_interrupt() {
         if let Some(call) = &s.call {
             call.signal();
             f.counters.interrupts.inc();
@@ -138,33 +201,5 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     if let Some(kind) = fault {
         fault_queue(f, &mut s, kind, tx.index);
     }
-    drop(s);
-    interrupt_receivers(&ports, &mut scratch.dirty);
-    done
-}
-
-fn send_one(dest: &Arc<Function>, frame: Frame<'_>, rx: &mut RxScratch, dirty: &mut Vec<u16>) {
-    match deliver(dest, frame, rx) {
-        Ok(()) => {
-            if !dirty.contains(&dest.id.0) {
-                dirty.push(dest.id.0);
-            }
-        }
-        Err(reason) => dest.counters.drop_frames(reason, 1),
-    }
-}
-
-/// One interrupt per receiver per burst, if its driver wants one.
-fn interrupt_receivers(ports: &[Option<Arc<Function>>], dirty: &mut Vec<u16>) {
-    for port in dirty.drain(..) {
-        let Some(dest) = ports.get(port as usize).and_then(Option::as_ref) else { continue };
-        let mut s = dest.rx(0).lock();
-        let Some(ring) = s.ring.as_mut() else { continue };
-        if ring.needs_interrupt() {
-            if let Some(call) = &s.call {
-                call.signal();
-                dest.counters.interrupts.inc();
-            }
-        }
-    }
+    pending
 }

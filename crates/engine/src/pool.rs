@@ -177,7 +177,7 @@ impl Drop for EnginePool {
 /// What an engine sleeps on: its wake-up fd and a clone of every doorbell.
 struct Doorbells {
     epoll: Epoll,
-    kicks: Vec<Doorbell>,
+    kicks: Vec<(Doorbell, Arc<Function>)>,
     /// A started queue has no doorbell (polling mode): never sleep long.
     polling_only: bool,
 }
@@ -198,7 +198,7 @@ impl Doorbells {
                     Some(k) => {
                         let k = k.try_clone()?;
                         add(k.as_raw_fd(), kicks.len() as u64)?;
-                        kicks.push(k);
+                        kicks.push((k, f.clone()));
                     }
                     None if s.ready() => polling_only = true,
                     None => {}
@@ -279,8 +279,10 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
                             engine.wake.drain();
                         }
                         i => {
-                            if let Some(k) = b.kicks.get(i as usize) {
-                                k.drain();
+                            if let Some((k, f)) = b.kicks.get(i as usize) {
+                                if k.drain() {
+                                    f.counters.kicks.inc();
+                                }
                             }
                         }
                     }

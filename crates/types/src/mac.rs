@@ -6,8 +6,15 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A 48-bit MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct MacAddr(pub [u8; 6]);
+
+impl std::hash::Hash for MacAddr {
+    /// One `u64` write: cheap with the switch's multiply-shift hasher.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.to_u64());
+    }
+}
 
 /// A string that is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +30,13 @@ impl MacAddr {
     pub fn for_vf(index: u16) -> MacAddr {
         let [hi, lo] = index.to_be_bytes();
         MacAddr([0x02, 0x76, 0x66, 0x6e, hi, lo])
+    }
+
+    /// The address as the low 48 bits of a `u64` (big-endian order).
+    #[inline]
+    pub fn to_u64(&self) -> u64 {
+        let b = self.0;
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
     }
 
     /// Reads the address from the first six bytes of `bytes`.

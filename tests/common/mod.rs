@@ -70,6 +70,16 @@ impl Daemon {
         v.as_u64().unwrap_or_else(|| panic!("counter {path:?} missing"))
     }
 
+    /// The daemon's process id (to inspect its fds and mappings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the daemon process ended, if it did (a signal such as SIGBUS shows here).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// The daemon process is still alive.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

@@ -759,7 +759,7 @@ fn random_garbage() {
 /// first byte arrived"); otherwise a tenant can park its session thread
 /// mid-message indefinitely.
 #[test]
-#[ignore = "BUG: MESSAGE_DEADLINE is a per-recv SO_RCVTIMEO, not a whole-message deadline; a trickled header is never cut off"]
+
 fn slow_drip_message_hits_the_deadline() {
     let (mut d, mut h) = setup();
     let m0 = err(&d, VF, "msg_malformed");
@@ -788,7 +788,7 @@ fn slow_drip_message_hits_the_deadline() {
 /// `errors.connection_closed_on_error` ("the tenant connection was closed
 /// because of a protocol error").
 #[test]
-#[ignore = "BUG: connections closed on framing errors (bad header, deadline, too many fds) do not count errors.connection_closed_on_error"]
+
 fn framing_close_counts_connection_closed() {
     let (d, _h) = setup();
     let c0 = err(&d, VF, "connection_closed_on_error");
@@ -879,7 +879,7 @@ fn tx_chain_loops() {
 /// non-empty buffers runs out of segments before the walk has visited
 /// `size` descriptors, so the loop is counted as a length error.
 #[test]
-#[ignore = "BUG: a TX loop on a 256-entry ring is counted as errors.desc_length_invalid (segment limit hit first), not errors.desc_chain_loop"]
+
 fn tx_chain_loop_on_a_default_ring_is_counted_as_a_loop() {
     let (mut d, mut h) = setup();
     let two_loop = |_: &Daemon, v: &mut VirtioNet, _: &mut Healthy| {
@@ -1154,7 +1154,7 @@ fn indirect_table_of_bad_size() {
 /// must not die of SIGBUS when it then touches the vanished pages (or must
 /// refuse memfds that are not sealed against shrinking).
 #[test]
-#[ignore = "BUG: a tenant that ftruncate()s its memfd after SET_MEM_TABLE kills the daemon with SIGBUS on the next TX frame"]
+
 fn memfd_shrunk_after_the_mem_table_does_not_kill_the_daemon() {
     let (mut d, mut h) = setup();
     let r0 = err(&d, VF, "mem_table_refused");
@@ -1231,7 +1231,7 @@ fn disconnect_mid_stream_frees_the_vf() {
 /// engines' reusable chains must not keep the last tenant's memory table
 /// (and its memfd) alive until some other frame happens to be walked.
 #[test]
-#[ignore = "BUG: engine scratch chains (Chain::mem) keep a disconnected tenant's memory table mapped and its memfd open"]
+
 fn disconnect_releases_the_tenant_memory() {
     let (d, mut h) = setup();
     let base = daemon_memfds(&d);

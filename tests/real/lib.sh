@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/real/lib.sh — shared helpers for vfnic's real-client suites.
 # Source it from a suite (bash, set -euo pipefail), then call real_init NAME.
 #
@@ -48,7 +49,7 @@ real_init() {
     T0=$SECONDS
     trap real_cleanup EXIT
     # Turn INT/TERM into a normal exit so the EXIT trap still cleans up.
-    trap 'say "interrupted"; exit 130' INT TERM
+    trap 'fail "interrupted by a signal (the caller timed out?)"' INT TERM
     say "work dir $WORK (backend=$BACKEND)"
 }
 
@@ -76,12 +77,14 @@ pass() {
 vf_mac() { printf '02:76:66:6e:00:%02x' "$1"; }
 
 # spawn NAME SECS CMD...: run CMD in the background under `timeout SECS`,
-# stdin from /dev/null (testpmd and QEMU read stdin), output to NAME.log.
+# output to NAME.log. stdin is /dev/null (testpmd and QEMU read stdin), or
+# the file/fifo named by SPAWN_STDIN.
 spawn() {
     local name=$1 secs=$2
     shift 2
     local log="$WORK/$name.log"
-    timeout -k 5 "$secs" "$@" </dev/null >"$log" 2>&1 &
+    : >"$log" # exists before the child starts, for wait_for_log
+    timeout -k 5 "$secs" "$@" <"${SPAWN_STDIN:-/dev/null}" >"$log" 2>&1 &
     PROC_PID[$name]=$!
     PROC_LOG[$name]=$log
     PROC_ORDER+=("$name")
@@ -187,8 +190,8 @@ real_cleanup() {
             pids=$(live_pids_matching "$WORK")
         done
         if [ -n "$pids" ]; then
-            echo "[$SUITE] WARNING: killing leftover processes: $(echo $pids)" >&2
-            # shellcheck disable=SC2086
+            echo "[$SUITE] WARNING: killing leftover processes: ${pids//$'\n'/ }" >&2
+            # shellcheck disable=SC2086 # one pid per word
             kill -KILL $pids 2>/dev/null || true
         fi
     fi
@@ -272,21 +275,24 @@ vfnic_stats() {
         fail "vfnic stats --json: no .vfs array in: $(head -c 500 "$out")"
 }
 
-# vf_field FILE VF FIELD: one field of one VF (by id) from a stats file.
-vf_field() {
+# vf_get VAR FILE VF FIELD: set VAR to one field of one VF (by id) from a
+# stats file. (It assigns instead of printing so that fail() runs in this
+# shell: a fail inside $(...) would only end the subshell.)
+vf_get() {
     local v
-    v=$(jq -r --argjson id "$2" --arg f "$3" '.vfs[] | select(.id == $id) | .[$f]' "$1")
-    [ -n "$v" ] && [ "$v" != null ] || fail "stats: VF $2 has no field '$3'"
-    echo "$v"
+    v=$(jq -r --argjson id "$3" --arg f "$4" '.vfs[] | select(.id == $id) | .[$f]' "$2")
+    [ -n "$v" ] && [ "$v" != null ] || fail "stats: VF $3 has no field '$4' in $(basename "$2")"
+    printf -v "$1" '%s' "$v"
 }
 
 # check_vfs_connected FILE VF...: the tenants we started show up as connected.
 check_vfs_connected() {
-    local f=$1 vf mac
+    local f=$1 vf mac conn
     shift
     for vf in "$@"; do
-        [ "$(vf_field "$f" "$vf" connected)" = true ] || fail "vfnic reports VF$vf not connected"
-        mac=$(vf_field "$f" "$vf" mac)
+        vf_get conn "$f" "$vf" connected
+        [ "$conn" = true ] || fail "vfnic reports VF$vf not connected"
+        vf_get mac "$f" "$vf" mac
         [ "$mac" = "$(vf_mac "$vf")" ] || fail "VF$vf mac is $mac, expected $(vf_mac "$vf")"
     done
 }

@@ -18,9 +18,11 @@
 #   * the backend maps guest memory -> memfd backend with share=on.
 #
 # Env: GUEST_DIR=.cache/guest (built by scripts/build-guest.sh if missing)
-#      IPERF_BYTES=100M  MIN_RECV_BYTES=100000000  PINGS=10  TOTAL_SECS=240  QEMU=qemu-system-x86_64
+#      IPERF_BYTES=100M  MIN_RECV_BYTES=100000000  PINGS=10  TOTAL_SECS=240
+#      QEMU=qemu-system-x86_64
 #      GUEST_MEM=256 (MiB)  plus lib.sh's (BACKEND, VFNIC, NUM_VFS, ...).
 set -euo pipefail
+# shellcheck source=tests/real/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 GUEST_DIR=${GUEST_DIR:-$REPO_ROOT/.cache/guest}
@@ -37,7 +39,7 @@ IP_B=10.0.0.2
 ensure_guest() {
     if [ ! -s "$GUEST_DIR/vmlinuz" ] || [ ! -s "$GUEST_DIR/initrd.gz" ]; then
         say "no guest image in $GUEST_DIR: building it"
-        "$REPO_ROOT/scripts/build-guest.sh" "$GUEST_DIR" >"$WORK/build-guest.log" 2>&1 ||
+        bash "$REPO_ROOT/scripts/build-guest.sh" "$GUEST_DIR" >"$WORK/build-guest.log" 2>&1 ||
             fail "scripts/build-guest.sh failed"
     fi
 }
@@ -118,17 +120,19 @@ to_bytes() {
 }
 
 check_vfnic_after() {
-    local stats=$WORK/stats-final.json v
+    local stats=$WORK/stats-final.json v b1_tx b0_rx p0_tx p1_rx
     vfnic_stats "$stats"
     for v in 0 1; do say "vfnic: $(vf_summary "$stats" "$v")"; done
+    vf_get b1_tx "$stats" 1 tx_bytes
+    vf_get b0_rx "$stats" 0 rx_bytes
+    vf_get p0_tx "$stats" 0 tx_packets
+    vf_get p1_rx "$stats" 1 rx_packets
     # Every payload byte A's server counted entered vfnic on VF1 and left it
     # on VF0 (frame headers only add to the counters).
-    [ "$(vf_field "$stats" 1 tx_bytes)" -ge "$IPERF_RECV" ] ||
-        fail "VF1 tx_bytes below the $IPERF_RECV bytes iperf3 received"
-    [ "$(vf_field "$stats" 0 rx_bytes)" -ge "$IPERF_RECV" ] ||
-        fail "VF0 rx_bytes below the $IPERF_RECV bytes iperf3 received"
-    [ "$(vf_field "$stats" 0 tx_packets)" -gt 0 ] || fail "VF0 sent nothing (ACKs expected)"
-    [ "$(vf_field "$stats" 1 rx_packets)" -gt 0 ] || fail "VF1 received nothing (ACKs expected)"
+    [ "$b1_tx" -ge "$IPERF_RECV" ] || fail "VF1 tx_bytes=$b1_tx, below the $IPERF_RECV bytes iperf3 received"
+    [ "$b0_rx" -ge "$IPERF_RECV" ] || fail "VF0 rx_bytes=$b0_rx, below the $IPERF_RECV bytes iperf3 received"
+    [ "$p0_tx" -gt 0 ] || fail "VF0 sent nothing (ACKs expected)"
+    [ "$p1_rx" -gt 0 ] || fail "VF1 received nothing (ACKs expected)"
 }
 
 main() {

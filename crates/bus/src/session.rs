@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -129,6 +129,7 @@ impl Session {
                 Ok(None) => return SessionEnd::Disconnected,
                 Err(e) => {
                     self.func.counters.error(ErrorKind::MsgMalformed);
+                    self.func.counters.error(ErrorKind::ConnectionClosed);
                     return SessionEnd::Framing(e);
                 }
             };
@@ -139,11 +140,14 @@ impl Session {
         }
     }
 
-    /// Reads one whole message. `None` on a clean EOF before any byte.
+    /// Reads one whole message. `None` on a clean EOF before any byte. The
+    /// whole message must arrive within [`MESSAGE_DEADLINE`] of its first
+    /// byte, however the peer trickles it.
     fn read_message(&mut self) -> Result<Option<Message>, FrameError> {
+        let deadline = Instant::now() + MESSAGE_DEADLINE;
         let mut hdr = [0u8; HDR_LEN];
         let mut fds = Vec::new();
-        let got = self.read_exact_fds(&mut hdr, &mut fds)?;
+        let got = self.read_exact_fds(&mut hdr, &mut fds, deadline)?;
         if got == 0 {
             return Ok(None);
         }
@@ -152,16 +156,26 @@ impl Session {
         }
         let h = Header::parse(&hdr)?;
         let mut body = vec![0u8; h.size as usize];
-        if self.read_exact_fds(&mut body, &mut fds)? < body.len() {
+        if self.read_exact_fds(&mut body, &mut fds, deadline)? < body.len() {
             return Err(FrameError::Deadline);
         }
         Ok(Some((h, body, fds)))
     }
 
-    /// Fills `buf`, collecting fds; returns bytes read (short only on EOF).
-    fn read_exact_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, FrameError> {
+    /// Fills `buf` before `deadline`, collecting fds; returns bytes read
+    /// (short only on EOF).
+    fn read_exact_fds(
+        &mut self,
+        buf: &mut [u8],
+        fds: &mut Vec<OwnedFd>,
+        deadline: Instant,
+    ) -> Result<usize, FrameError> {
         let mut off = 0;
         while off < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !sys::wait_readable(self.stream.as_raw_fd(), left).map_err(FrameError::Io)? {
+                return Err(FrameError::Deadline);
+            }
             match sys::recv_with_fds(&self.stream, &mut buf[off..]) {
                 Ok(r) => {
                     fds.extend(r.fds);

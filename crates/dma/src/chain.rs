@@ -63,6 +63,19 @@ impl ChainError {
     }
 }
 
+/// Follows `next` links from `idx` for at most `budget` more steps: true if
+/// the chain does not end within them (it loops).
+fn loops(ring: &SplitRing, mut idx: u16, budget: u16) -> bool {
+    for _ in 0..=budget {
+        let d = ring.desc(idx);
+        if d.flags & DESC_F_NEXT == 0 || d.next >= ring.size() {
+            return false;
+        }
+        idx = d.next;
+    }
+    true
+}
+
 /// A contiguous piece of a buffer in host memory.
 #[derive(Debug, Clone, Copy)]
 pub struct Segment {
@@ -133,6 +146,20 @@ impl Chain {
         &self.segs[..self.n]
     }
 
+    /// True if the chain's memory table was revoked (a SIGBUS was contained
+    /// in it): its bytes may be zeros instead of the tenant's data.
+    pub fn revoked(&self) -> bool {
+        self.mem.as_ref().is_some_and(|m| m.revoked())
+    }
+
+    /// Forgets the segments and lets go of the memory table they were in
+    /// (so a departed tenant's memory is unmapped promptly).
+    pub fn release(&mut self) {
+        self.n = 0;
+        self.len = 0;
+        self.mem = None;
+    }
+
     /// Walks the chain starting at `head` of `ring`. On error the chain is
     /// left empty (its head is still set, so it can be returned with len 0).
     pub fn walk(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {
@@ -167,7 +194,15 @@ impl Chain {
                 }
                 return self.walk_indirect(mem, d, access);
             }
-            self.add_buffer(mem, d, access)?;
+            if let Err(e) = self.add_buffer(mem, d, access) {
+                // Out of segments: tell a loop from a long chain by
+                // following the links alone (bounded by the table size).
+                return Err(if e == ChainError::Length && loops(ring, idx, size - visited) {
+                    ChainError::Loop
+                } else {
+                    e
+                });
+            }
             if d.flags & DESC_F_NEXT == 0 {
                 return Ok(());
             }
@@ -347,6 +382,16 @@ mod tests {
         assert_eq!(c.walk(&r, 0, Access::DeviceReads, true), Err(ChainError::Length));
         t.set_desc(0, d(table, 32, DESC_F_INDIRECT | DESC_F_NEXT, 1));
         assert_eq!(c.walk(&r, 0, Access::DeviceReads, true), Err(ChainError::Length));
+    }
+
+    #[test]
+    fn loop_is_a_loop_even_past_the_segment_limit() {
+        let t = TestRing::new(256);
+        let r = t.ring(false);
+        t.set_desc(0, d(GPA + BUF_OFF, 64, DESC_F_NEXT, 1));
+        t.set_desc(1, d(GPA + BUF_OFF + 4096, 64, DESC_F_NEXT, 0));
+        let mut c = Chain::default();
+        assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Loop));
     }
 
     #[test]

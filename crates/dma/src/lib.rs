@@ -23,6 +23,7 @@ pub mod chain;
 pub mod copy;
 pub mod mem;
 pub mod ring;
+pub mod sigbus;
 
 pub use chain::{Chain, ChainError, Segment, MAX_CHAIN_SEGMENTS};
 pub use mem::{GuestMemory, MemError, RegionSpec};

@@ -76,6 +76,8 @@ struct Region {
     host: *mut u8,
     map_base: *mut libc::c_void,
     map_len: usize,
+    /// SIGBUS containment; dropped (unregistered) before the munmap.
+    guard: Option<crate::sigbus::Registration>,
     _fd: OwnedFd,
 }
 
@@ -133,6 +135,12 @@ impl GuestMemory {
             regions.push(map_region(i, *spec, fd)?);
         }
         Ok(GuestMemory { regions })
+    }
+
+    /// True once the tenant shrank a region's file under us (a SIGBUS was
+    /// contained): the data path must stop using this table.
+    pub fn revoked(&self) -> bool {
+        self.regions.iter().any(|r| r.guard.as_ref().is_some_and(|g| g.revoked()))
     }
 
     /// The regions as the front end declared them.
@@ -218,13 +226,15 @@ fn map_region(index: usize, spec: RegionSpec, fd: OwnedFd) -> Result<Region, Mem
         host: (base as *mut u8).wrapping_add(spec.mmap_offset as usize),
         map_base: base,
         map_len,
+        guard: Some(crate::sigbus::register(base as usize, map_len, blk as usize)),
         _fd: fd,
     })
 }
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
-        for r in &self.regions {
+        for r in &mut self.regions {
+            r.guard = None;
             // SAFETY: `map_base`/`map_len` are exactly what mmap returned for
             // this region, and no pointer into it outlives `self` (callers
             // hold an Arc<GuestMemory> while they use translated pointers).

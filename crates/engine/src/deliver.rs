@@ -21,6 +21,13 @@ impl Default for RxScratch {
     }
 }
 
+impl RxScratch {
+    /// Lets go of every tenant memory table the chains still refer to.
+    pub fn release(&mut self) {
+        self.chains.iter_mut().for_each(Chain::release);
+    }
+}
+
 /// A frame to deliver: the sender's walked TX chain, where the Ethernet
 /// frame starts in it, and the frame's length.
 #[derive(Clone, Copy)]
@@ -91,6 +98,9 @@ pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>
         }
     }
     ring.publish_used();
+    if fault.is_none() && ring.mem().revoked() {
+        fault = Some(ErrorKind::MemoryRevoked);
+    }
     if packets > 0 && ring.needs_interrupt() {
         if let Some(call) = &s.call {
             call.signal();
@@ -161,16 +171,27 @@ fn fill(
     hdr[10..12].copy_from_slice(&(taken as u16).to_le_bytes());
     let mut src = frame.cursor();
     let mut left = frame.len;
+    let mut written = [0u32; MAX_MERGE];
     for (i, c) in scratch.chains[..taken].iter().enumerate() {
         let mut dst = Cursor::new(c);
-        let mut written = 0u64;
+        let mut n = 0u64;
         if i == 0 {
-            written += dst.scatter(&hdr[..hdr_len as usize]) as u64;
+            n += dst.scatter(&hdr[..hdr_len as usize]) as u64;
         }
-        let n = copy(&mut src, &mut dst, left);
-        left -= n;
-        written += n;
-        ring.push_used(c.head(), written as u32);
+        let copied = copy(&mut src, &mut dst, left);
+        left -= copied;
+        written[i] = (n + copied) as u32;
+    }
+    if frame.chain.revoked() {
+        // The sender's memory vanished under the copy: what we read may be
+        // zeros, so the receiver gets its buffers back empty instead.
+        for c in &scratch.chains[..taken] {
+            ring.push_used(c.head(), 0);
+        }
+        return Err(Fill::Drop(DropReason::RxNotReady));
+    }
+    for (c, w) in scratch.chains[..taken].iter().zip(written) {
+        ring.push_used(c.head(), w);
     }
     debug_assert_eq!(left, 0);
     Ok(())

@@ -53,6 +53,15 @@ impl Default for Scratch {
     }
 }
 
+impl Scratch {
+    /// Lets go of every tenant memory table the chains still refer to; the
+    /// engine calls it whenever its queues change.
+    pub fn release(&mut self) {
+        self.tx.iter_mut().for_each(Chain::release);
+        self.rx.release();
+    }
+}
+
 fn ring_fault_kind(e: RingError) -> ErrorKind {
     match e {
         RingError::AvailIndex(_) => ErrorKind::AvailIndexInvalid,
@@ -158,9 +167,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
         }
     }
 
-    // 3. Deliver per destination, in order of first appearance.
+    // 3. Deliver per destination, in order of first appearance. Nothing is
+    // delivered from memory the tenant revoked under us.
     let ports = fabric.ports();
     scratch.ports.clear();
+    if ring.mem().revoked() {
+        scratch.dest.iter_mut().for_each(|d| d.0 = Dest::Nowhere);
+    }
     for (d, _) in &scratch.dest {
         match *d {
             Dest::Port(p) if !scratch.ports.contains(&p) => scratch.ports.push(p),
@@ -192,6 +205,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     f.counters.tx_packets.add(tx_packets);
     f.counters.tx_bytes.add(tx_bytes);
     ring.publish_used();
+    if ring.mem().revoked() {
+        fault = Some(ErrorKind::MemoryRevoked);
+    }
     if ring.needs_interrupt() {
         if let Some(call) = &s.call {
             call.signal();

@@ -237,6 +237,7 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         let g = engine.generation.load(Ordering::Acquire);
         if g != seen || bells.is_none() {
             seen = g;
+            scratch.release();
             functions = engine.functions.lock().unwrap_or_else(|e| e.into_inner()).clone();
             bells = match Doorbells::build(&engine, &functions) {
                 Ok(b) => Some(b),

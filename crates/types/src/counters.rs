@@ -114,6 +114,9 @@ reasons! {
         QueueFaulted => "queue_faulted",
         /// The tenant connection was closed because of a protocol error.
         ConnectionClosed => "connection_closed_on_error",
+        /// The tenant shrank its memory file under the adapter (SIGBUS
+        /// contained); its queues are faulted.
+        MemoryRevoked => "memory_revoked",
     }
 }
 
@@ -134,8 +137,8 @@ pub struct VfCounters {
     pub interrupts: Counter,
     /// Times the tenant connected.
     pub connects: Counter,
-    drops: [Counter; 10],
-    errors: [Counter; 13],
+    drops: [Counter; DropReason::ALL.len()],
+    errors: [Counter; ErrorKind::ALL.len()],
 }
 
 impl VfCounters {

@@ -60,11 +60,12 @@ cache_key() {
         "$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo '?')"
 }
 
-# Download the kernel .deb into OUTDIR/debs (kept across rebuilds).
+# Download the kernel .deb into OUTDIR/debs (kept across rebuilds); prints
+# its path. apt-get download names it pkg_version_arch.deb (':' as %3a).
 fetch_kernel_deb() {
-    local pkg=$1 ver=$2 debs=$3 deb
-    deb=$(ls "$debs"/"${pkg}"_*.deb 2>/dev/null | grep -F "_${ver//:/%3a}_" | head -1 || true)
-    if [ -n "$deb" ]; then
+    local pkg=$1 ver=$2 debs=$3 deb f
+    deb="$debs/${pkg}_${ver//:/%3a}_$(dpkg --print-architecture).deb"
+    if [ -s "$deb" ]; then
         echo "$deb"
         return
     fi
@@ -78,7 +79,10 @@ fetch_kernel_deb() {
         apt-get update -q >&2
         (cd "$debs" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2)
     fi
-    ls "$debs"/*.deb | head -1
+    for f in "$debs"/*.deb; do
+        [ -s "$f" ] && { echo "$f"; return; }
+    done
+    die "no .deb for $pkg after download"
 }
 
 # Copy a module into the initramfs, decompressing when Debian shipped it packed.
@@ -234,7 +238,8 @@ build() {
     deb=$(fetch_kernel_deb "$pkg" "$ver" "$out/debs")
     log "unpacking $(basename "$deb")"
     dpkg-deb -x "$deb" "$work/kernel"
-    kver=$(ls "$work/kernel/lib/modules" | head -1)
+    kver=""
+    for f in "$work"/kernel/lib/modules/*; do [ -d "$f" ] && kver=$(basename "$f") && break; done
     [ -n "$kver" ] || die "no modules directory in $deb"
 
     root="$work/initrd"

@@ -196,7 +196,7 @@ sweep_leftovers() {
         ps -o pid=,args= -p "${pids//$'\n'/,}" || true
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
-        record leftovers FAIL 0 "processes left running: $(echo $pids)"
+        record leftovers FAIL 0 "processes left running: ${pids//$'\n'/ }"
     fi
     # Failed suites keep their logs there; passing ones removed theirs.
     rmdir "$WORK_ROOT" 2>/dev/null || echo "suite work dirs kept in $WORK_ROOT"

@@ -46,6 +46,10 @@ enum Cmd {
         /// Override the number of DMA engines.
         #[arg(long)]
         engines: Option<usize>,
+        /// Pin the engines to these CPUs (comma-separated; engine i gets
+        /// the (i mod n)-th).
+        #[arg(long, value_delimiter = ',')]
+        engine_cpus: Vec<usize>,
     },
     /// Virtual functions.
     Vf {
@@ -99,7 +103,7 @@ fn parse_settings(words: &[String]) -> Result<VfChange> {
     Ok(change)
 }
 
-fn run_daemon(cli: &Cli, config: Option<&Path>, engines: Option<usize>) -> Result<()> {
+fn run_daemon(cli: &Cli, config: Option<&Path>, engines: Option<usize>, engine_cpus: &[usize]) -> Result<()> {
     let mut cfg = match config {
         Some(p) => Config::load(p).with_context(|| format!("Invalid configuration {}", p.display()))?,
         None => Config::default(),
@@ -118,6 +122,9 @@ fn run_daemon(cli: &Cli, config: Option<&Path>, engines: Option<usize>) -> Resul
             bail!("--engines {n} is out of range (1 to {})", vfnic_pf::config::MAX_ENGINES);
         }
         cfg.engines = n;
+    }
+    if !engine_cpus.is_empty() {
+        cfg.engine_cpus = engine_cpus.to_vec();
     }
     let api_path = cli.socket.clone().unwrap_or_else(|| cfg.run_dir.join("vfnic.sock"));
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
@@ -163,7 +170,7 @@ fn main() {
 
 fn real_main(cli: &Cli) -> Result<()> {
     let out = match &cli.cmd {
-        Cmd::Run { config, engines } => return run_daemon(cli, config.as_deref(), *engines),
+        Cmd::Run { config, engines, engine_cpus } => return run_daemon(cli, config.as_deref(), *engines, engine_cpus),
         Cmd::Vf { cmd: VfCmd::List } => (client(cli, Request::VfList)?, print::vf_list as fn(&Value) -> String),
         Cmd::Vf { cmd: VfCmd::Show { vf } } => (client(cli, Request::VfShow { vf: *vf })?, print::vf_show as _),
         Cmd::Vf { cmd: VfCmd::Set { vf, settings } } => {

@@ -83,8 +83,11 @@ pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
+    // Buffers known to be available: the avail index (a cache line the
+    // driver keeps writing) is re-read only when they run out.
+    let mut avail = 0u16;
     for frame in frames.by_ref() {
-        match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
+        match fill(ring, &mut avail, frame, hdr_len, mergeable, indirect, scratch) {
             Ok(()) => {
                 packets += 1;
                 bytes += frame.len;
@@ -123,22 +126,28 @@ enum Fill {
 
 fn fill(
     ring: &mut SplitRing,
+    known_avail: &mut u16,
     frame: Frame<'_>,
     hdr_len: u64,
     mergeable: bool,
     indirect: bool,
     scratch: &mut RxScratch,
 ) -> Result<(), Fill> {
-    let avail = ring.pending().map_err(|_| Fill::Fault(ErrorKind::AvailIndexInvalid))?;
-    if avail == 0 {
-        return Err(Fill::Drop(DropReason::RxNoBuffer));
-    }
     let need = hdr_len + frame.len;
-    let max = if mergeable { (avail as usize).min(MAX_MERGE) } else { 1 };
+    let max = if mergeable { MAX_MERGE } else { 1 };
     let mut taken = 0usize;
     let mut capacity = 0u64;
+    let mut ran_out = false;
     while capacity < need && taken < max {
+        if *known_avail == 0 {
+            *known_avail = ring.pending().map_err(|_| Fill::Fault(ErrorKind::AvailIndexInvalid))?;
+            if *known_avail == 0 {
+                ran_out = true;
+                break;
+            }
+        }
         let head = ring.pop_head().map_err(|_| Fill::Fault(ErrorKind::DescIndexInvalid))?;
+        *known_avail -= 1;
         let chain = &mut scratch.chains[taken];
         taken += 1;
         if let Err(e) = chain.walk(ring, head, Access::DeviceWrites, indirect) {
@@ -156,9 +165,10 @@ fn fill(
         capacity += chain.len();
     }
     if capacity < need {
-        if mergeable && taken == avail as usize {
+        if ran_out {
             // Not enough buffers yet: leave them for the next frame.
             ring.unpop(taken as u16);
+            *known_avail += taken as u16;
             return Err(Fill::Drop(DropReason::RxNoBuffer));
         }
         for c in &scratch.chains[..taken] {
@@ -190,8 +200,8 @@ fn fill(
         }
         return Err(Fill::Drop(DropReason::RxNotReady));
     }
-    for (c, w) in scratch.chains[..taken].iter().zip(written) {
-        ring.push_used(c.head(), w);
+    for (c, w) in scratch.chains[..taken].iter().zip(&written[..taken]) {
+        ring.push_used(c.head(), *w);
     }
     debug_assert_eq!(left, 0);
     Ok(())

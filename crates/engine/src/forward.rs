@@ -121,6 +121,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     scratch.dest.clear();
     scratch.learn.clear();
     {
+        let mut last_src = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
             let drop = if chain.len() < hdr_len + ETH_HLEN {
@@ -144,8 +145,12 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
             cur.gather(&mut eth);
             let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
             let src = MacAddr::from_slice(&eth[6..]).expect("6 bytes");
-            if !fdb.is_learned(src, ingress, now_ms) && !scratch.learn.contains(&src) {
-                scratch.learn.push(src);
+            // Frames of a burst mostly share their source: look it up once.
+            if last_src != Some(src) {
+                last_src = Some(src);
+                if !fdb.is_learned(src, ingress, now_ms) && !scratch.learn.contains(&src) {
+                    scratch.learn.push(src);
+                }
             }
             tx_packets += 1;
             tx_bytes += len;

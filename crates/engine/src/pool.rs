@@ -19,18 +19,21 @@ use crate::fabric::Fabric;
 use crate::forward::{process_tx, Scratch};
 
 /// Engine settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Number of engine threads.
     pub engines: usize,
     /// How long an engine keeps polling after its last work before it
     /// sleeps on the doorbells.
     pub idle_spin: Duration,
+    /// CPUs to pin engine i to (`cpus[i % len]`); empty = let the
+    /// scheduler place them.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { engines: 1, idle_spin: Duration::from_micros(200) }
+        EngineConfig { engines: 1, idle_spin: Duration::from_micros(200), cpus: Vec::new() }
     }
 }
 
@@ -113,7 +116,7 @@ impl EnginePool {
             .collect::<std::io::Result<_>>()?;
         let mut threads = Vec::new();
         for e in &engines {
-            let (e, fabric) = (e.clone(), fabric.clone());
+            let (e, fabric, config) = (e.clone(), fabric.clone(), config.clone());
             threads.push(
                 std::thread::Builder::new().name(format!("engine{}", e.id)).spawn(move || run(e, fabric, config))?,
             );
@@ -227,6 +230,14 @@ fn set_notifications(functions: &[Arc<Function>], enable: bool) -> bool {
 }
 
 fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
+    if !config.cpus.is_empty() {
+        let cpu = config.cpus[engine.id % config.cpus.len()];
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+            error!(engine = engine.id, cpu, "cannot pin the engine; it floats");
+        } else {
+            info!(engine = engine.id, cpu, "engine pinned");
+        }
+    }
     let mut scratch = Scratch::default();
     let mut functions: Vec<Arc<Function>> = Vec::new();
     let mut seen = u64::MAX;

@@ -4,6 +4,7 @@
 //! run_dir = "./run/vfnic"   # sockets live here
 //! num_vfs = 4
 //! engines = 1
+//! engine_cpus = [1]        # optional pinning, engine i -> engine_cpus[i % len]
 //!
 //! [[vf]]                     # optional per-VF overrides
 //! id = 0
@@ -76,6 +77,8 @@ struct RawConfig {
     engines: Option<toml::Spanned<usize>>,
     queue_pairs: Option<toml::Spanned<u16>>,
     #[serde(default)]
+    engine_cpus: Vec<usize>,
+    #[serde(default)]
     vf: Vec<toml::Spanned<VfConfig>>,
 }
 
@@ -103,6 +106,8 @@ pub struct Config {
     pub engines: usize,
     /// Queue pairs per VF.
     pub queue_pairs: u16,
+    /// CPUs to pin the engines to (empty: not pinned).
+    pub engine_cpus: Vec<usize>,
     /// Per-VF settings, by index.
     pub vfs: Vec<VfSettings>,
 }
@@ -216,7 +221,7 @@ impl Config {
                 return Err(invalid(span, format!("vf {}: socket {} is used by another VF", s.id, s.socket.display())));
             }
         }
-        Ok(Config { run_dir, engines, queue_pairs, vfs })
+        Ok(Config { run_dir, engines, queue_pairs, engine_cpus: raw.engine_cpus, vfs })
     }
 
     /// Settings of a VF added at run time.

@@ -19,7 +19,7 @@ use crate::chain::Chain;
 /// ranges must not overlap.
 #[inline(always)]
 unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
-    if n >= 8 && n <= 64 {
+    if (8..=64).contains(&n) {
         let mut i = 0;
         while i + 8 <= n {
             // SAFETY: i + 8 <= n, inside both ranges (caller's contract).

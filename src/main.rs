@@ -58,10 +58,26 @@ enum Cmd {
     },
     /// Per-VF counters.
     Stats,
-    /// DMA engines and the VFs they serve.
-    Engines,
+    /// DMA engines, their load and the queue pairs they serve.
+    Engines {
+        #[command(subcommand)]
+        cmd: Option<EngineCmd>,
+    },
     /// The embedded switch's forwarding table.
     Fdb,
+}
+
+#[derive(Subcommand, Debug)]
+enum EngineCmd {
+    /// Move a VF's queue pair to an engine: `vfnic engines move 1 0 1`.
+    Move {
+        /// VF index.
+        vf: u16,
+        /// Queue pair.
+        qp: u16,
+        /// Target engine.
+        engine: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,7 +194,10 @@ fn real_main(cli: &Cli) -> Result<()> {
             (client(cli, Request::VfSet { vf: *vf, change })?, print::vf_show as _)
         }
         Cmd::Stats => (client(cli, Request::Stats)?, print::stats as _),
-        Cmd::Engines => (client(cli, Request::Engines)?, print::engines as _),
+        Cmd::Engines { cmd: None } => (client(cli, Request::Engines)?, print::engines as _),
+        Cmd::Engines { cmd: Some(EngineCmd::Move { vf, qp, engine }) } => {
+            (client(cli, Request::EngineMove { vf: *vf, qp: *qp, engine: *engine })?, print::engines as _)
+        }
         Cmd::Fdb => (client(cli, Request::Fdb)?, print::fdb as _),
     };
     let (value, human) = out;

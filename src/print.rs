@@ -28,13 +28,13 @@ pub fn vf_list(v: &Value) -> String {
     for vf in v.as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
-            "{:<4} {:<17} {:<5} {:<5} {:<9} {:<6} {}",
+            "{:<4} {:<17} {:<5} {:<5} {:<9} {:<7} {}",
             s(&vf["id"]),
             s(&vf["mac"]),
             s(&vf["mtu"]),
             s(&vf["link"]),
             yes(&vf["connected"]),
-            s(&vf["engine"]),
+            vf["engines"].as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
             s(&vf["socket"])
         );
     }
@@ -45,7 +45,7 @@ pub fn vf_list(v: &Value) -> String {
 pub fn vf_show(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "vf {}", s(&v["id"]));
-    for key in ["mac", "mtu", "link", "socket", "queue_pairs", "engine", "features", "status"] {
+    for key in ["mac", "mtu", "link", "socket", "queue_pairs", "engines", "features", "status"] {
         let _ = writeln!(o, "  {key:<12} {}", s(&v[key]));
     }
     let _ = writeln!(o, "  {:<12} {}", "connected", yes(&v["connected"]));
@@ -97,24 +97,38 @@ pub fn stats(v: &Value) -> String {
 /// `vfnic engines`.
 pub fn engines(v: &Value) -> String {
     let mut o = String::new();
+    let hz = v["tsc_hz"].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         o,
-        "{:<7} {:<16} {:>12} {:>10} {:>12} {:>12}",
-        "ENGINE", "VFS", "CHAINS", "SLEEPS", "BUSY-POLLS", "IDLE-POLLS"
+        "{:<7} {:>6} {:>12} {:>10} {:>9} {:>6}  QUEUES (vf/qp load%)",
+        "ENGINE", "LOAD%", "CHAINS", "CYC/CHAIN", "SLEEPS", "MOVES"
     );
-    for e in v.as_array().into_iter().flatten() {
-        let vfs: Vec<String> = e["vfs"].as_array().into_iter().flatten().map(s).collect();
+    for e in v["engines"].as_array().into_iter().flatten() {
+        let chains = e["chains"].as_u64().unwrap_or(0);
+        let cpc = if chains > 0 {
+            format!("{:.0}", e["busy_cycles"].as_f64().unwrap_or(0.0) / chains as f64)
+        } else {
+            "-".into()
+        };
+        let queues: Vec<String> = e["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| format!("{}/{} {:.1}", s(&q["vf"]), s(&q["qp"]), q["load_pct"].as_f64().unwrap_or(0.0)))
+            .collect();
         let _ = writeln!(
             o,
-            "{:<7} {:<16} {:>12} {:>10} {:>12} {:>12}",
+            "{:<7} {:>6.1} {:>12} {:>10} {:>9} {:>6}  {}",
             s(&e["id"]),
-            vfs.join(","),
-            s(&e["chains"]),
+            e["load_pct"].as_f64().unwrap_or(0.0),
+            chains,
+            cpc,
             s(&e["sleeps"]),
-            s(&e["busy_polls"]),
-            s(&e["idle_polls"])
+            s(&e["moves_in"]),
+            queues.join(", ")
         );
     }
+    let _ = writeln!(o, "tsc {:.0} MHz, {} queue-pair moves", hz / 1e6, s(&v["moves"]));
     o
 }
 

@@ -1,16 +1,27 @@
-//! The engine pool: threads, queue-to-engine placement, sleeping on
-//! doorbells.
+//! The engine pool: threads, queue-pair-to-engine placement by measured
+//! load, rebalancing, and sleeping on doorbells.
+//!
+//! Each engine accounts its time in TSC cycles: *busy* (poll rounds that
+//! moved frames), *idle* (rounds that found nothing, while it keeps polling)
+//! and *asleep* (waiting on the doorbells). Each queue pair accounts the busy
+//! cycles spent on it. A rebalancer compares engines' loads every interval
+//! and moves a queue pair from the busiest to the least busy engine when
+//! that narrows the gap (OVS `pmd-auto-lb` style). A move cannot lose or
+//! reorder frames: a queue's ring indices live in its vring context, and a
+//! burst holds the TX vring lock from the first chain taken to the last
+//! frame delivered, so the next engine to poll it simply continues.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{error, info};
+use vfnic_dma::tsc;
 use vfnic_op::{DataPlaneHooks, Doorbell, Function};
 use vfnic_types::{ErrorKind, VfId};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -29,44 +40,104 @@ pub struct EngineConfig {
     /// CPUs to pin engine i to (`cpus[i % len]`); empty = let the
     /// scheduler place them.
     pub cpus: Vec<usize>,
+    /// How often the rebalancer compares engine loads (zero: never).
+    pub rebalance_interval: Duration,
+    /// The busiest engine must be at least this loaded (percent) before a
+    /// queue pair is moved off it.
+    pub rebalance_threshold_pct: u32,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { engines: 1, idle_spin: Duration::from_micros(200), cpus: Vec::new() }
+        EngineConfig {
+            engines: 1,
+            idle_spin: Duration::from_micros(200),
+            cpus: Vec::new(),
+            rebalance_interval: Duration::from_secs(10),
+            rebalance_threshold_pct: 50,
+        }
     }
 }
 
-/// Counters of one engine.
-#[derive(Debug, Default, Serialize, Clone)]
+/// One queue pair as `vfnic engines` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    /// VF index.
+    pub vf: u16,
+    /// Queue pair.
+    pub qp: u16,
+    /// Busy TSC cycles spent on it.
+    pub busy_cycles: u64,
+    /// Chains taken from it.
+    pub chains: u64,
+    /// Its share of its engine's time over the last interval (percent).
+    pub load_pct: f64,
+}
+
+/// One engine as `vfnic engines` reports it.
+#[derive(Debug, Clone, Serialize)]
 pub struct EngineStats {
     /// Engine index.
     pub id: usize,
-    /// Functions whose queue pairs it serves.
-    pub vfs: Vec<u16>,
+    /// Queue pairs it serves.
+    pub queues: Vec<QueueStats>,
+    /// TSC cycles in poll rounds that moved frames.
+    pub busy_cycles: u64,
+    /// TSC cycles in poll rounds that found nothing.
+    pub idle_cycles: u64,
+    /// TSC cycles asleep on the doorbells.
+    pub sleep_cycles: u64,
     /// Chains processed.
     pub chains: u64,
     /// Times it went to sleep on the doorbells.
     pub sleeps: u64,
-    /// Poll rounds that found work.
-    pub busy_polls: u64,
-    /// Poll rounds that found nothing.
-    pub idle_polls: u64,
+    /// Busy share of its time over the last interval (percent).
+    pub load_pct: f64,
+    /// Queue pairs moved onto it by the rebalancer.
+    pub moves_in: u64,
+}
+
+/// What `vfnic engines` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStats {
+    /// TSC ticks per second (to turn cycles into time).
+    pub tsc_hz: u64,
+    /// Every engine.
+    pub engines: Vec<EngineStats>,
+    /// Queue-pair moves so far.
+    pub moves: u64,
 }
 
 #[derive(Default)]
 struct Counters {
+    busy_cycles: AtomicU64,
+    idle_cycles: AtomicU64,
+    sleep_cycles: AtomicU64,
     chains: AtomicU64,
     sleeps: AtomicU64,
-    busy_polls: AtomicU64,
-    idle_polls: AtomicU64,
+    moves_in: AtomicU64,
+    /// Load over the last rebalance interval, in 1/100 percent.
+    load_bp: AtomicU64,
+}
+
+/// A queue pair an engine serves.
+#[derive(Clone)]
+struct QueueRef {
+    func: Arc<Function>,
+    qp: u16,
+}
+
+impl QueueRef {
+    fn key(&self) -> (VfId, u16) {
+        (self.func.id, self.qp)
+    }
 }
 
 struct Engine {
     id: usize,
     wake: Doorbell,
     generation: AtomicU64,
-    functions: Mutex<Vec<Arc<Function>>>,
+    queues: Mutex<Vec<QueueRef>>,
     stop: AtomicBool,
     counters: Counters,
 }
@@ -76,19 +147,67 @@ impl Engine {
         self.generation.fetch_add(1, Ordering::Release);
         self.wake.signal();
     }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Vec<QueueRef>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Shared {
     engines: Vec<Arc<Engine>>,
-    placement: Mutex<HashMap<VfId, usize>>,
+    placement: Mutex<HashMap<(VfId, u16), usize>>,
+    moves: AtomicU64,
+    /// Per queue: busy cycles at the last rebalance (for interval deltas).
+    last_queue_busy: Mutex<HashMap<(VfId, u16), u64>>,
+    /// Load share of each queue over the last interval, in 1/100 percent.
+    queue_load_bp: Mutex<HashMap<(VfId, u16), u64>>,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
 }
 
 impl DataPlaneHooks for Shared {
     fn queues_changed(&self, vf: VfId) {
         let placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&i) = placement.get(&vf) {
-            self.engines[i].poke();
+        let mut poked = Vec::new();
+        for (&(v, _), &i) in placement.iter() {
+            if v == vf && !poked.contains(&i) {
+                self.engines[i].poke();
+                poked.push(i);
+            }
         }
+    }
+}
+
+impl Shared {
+    fn load_bp(&self, i: usize) -> u64 {
+        self.engines[i].counters.load_bp.load(Ordering::Relaxed)
+    }
+
+    /// The least busy engine: lowest recent load, then fewest queue pairs.
+    fn least_busy(&self) -> usize {
+        (0..self.engines.len())
+            .min_by_key(|&i| (self.load_bp(i), self.engines[i].queues().len()))
+            .expect("at least one engine")
+    }
+
+    fn place(&self, q: QueueRef, engine: usize) {
+        self.placement.lock().unwrap_or_else(|e| e.into_inner()).insert(q.key(), engine);
+        self.engines[engine].queues().push(q);
+        self.engines[engine].poke();
+    }
+
+    /// Moves queue `key` from engine `from` to engine `to`.
+    fn migrate(&self, key: (VfId, u16), from: usize, to: usize) {
+        let q = {
+            let mut qs = self.engines[from].queues();
+            let Some(pos) = qs.iter().position(|q| q.key() == key) else { return };
+            qs.remove(pos)
+        };
+        self.engines[from].poke();
+        self.place(q, to);
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        self.engines[to].counters.moves_in.fetch_add(1, Ordering::Relaxed);
+        info!(vf = key.0 .0, qp = key.1, from, to, "queue pair moved to a less busy engine");
     }
 }
 
@@ -99,7 +218,8 @@ pub struct EnginePool {
 }
 
 impl EnginePool {
-    /// Starts `config.engines` engine threads over `fabric`.
+    /// Starts `config.engines` engine threads over `fabric`, and the
+    /// rebalancer when there are several.
     pub fn start(config: EngineConfig, fabric: Arc<Fabric>) -> std::io::Result<EnginePool> {
         let n = config.engines.max(1);
         let engines: Vec<Arc<Engine>> = (0..n)
@@ -108,71 +228,200 @@ impl EnginePool {
                     id,
                     wake: Doorbell::new()?,
                     generation: AtomicU64::new(0),
-                    functions: Mutex::new(Vec::new()),
+                    queues: Mutex::new(Vec::new()),
                     stop: AtomicBool::new(false),
                     counters: Counters::default(),
                 }))
             })
             .collect::<std::io::Result<_>>()?;
+        let shared = Arc::new(Shared {
+            engines,
+            placement: Mutex::new(HashMap::new()),
+            moves: AtomicU64::new(0),
+            last_queue_busy: Mutex::new(HashMap::new()),
+            queue_load_bp: Mutex::new(HashMap::new()),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        tsc::hz();
         let mut threads = Vec::new();
-        for e in &engines {
+        for e in &shared.engines {
             let (e, fabric, config) = (e.clone(), fabric.clone(), config.clone());
             threads.push(
                 std::thread::Builder::new().name(format!("engine{}", e.id)).spawn(move || run(e, fabric, config))?,
             );
         }
+        if !config.rebalance_interval.is_zero() {
+            let (s, c) = (shared.clone(), config.clone());
+            threads.push(std::thread::Builder::new().name("rebalancer".into()).spawn(move || rebalancer(s, c))?);
+        }
         info!(engines = n, "DMA engines started");
-        Ok(EnginePool { shared: Arc::new(Shared { engines, placement: Mutex::new(HashMap::new()) }), threads })
+        Ok(EnginePool { shared, threads })
     }
 
-    /// Maps `func`'s queue pairs to the least busy engine (fewest
-    /// functions) and attaches the function's data-plane hooks.
-    pub fn add(&self, func: Arc<Function>) -> usize {
-        let mut placement = self.shared.placement.lock().unwrap_or_else(|e| e.into_inner());
-        let load = |e: &Engine| e.functions.lock().unwrap_or_else(|e| e.into_inner()).len();
-        let best = self.shared.engines.iter().min_by_key(|e| load(e)).expect("at least one engine");
-        best.functions.lock().unwrap_or_else(|e| e.into_inner()).push(func.clone());
-        placement.insert(func.id, best.id);
+    /// Maps each of `func`'s queue pairs to the least busy engine and
+    /// attaches the function's data-plane hooks. Returns the engines used.
+    pub fn add(&self, func: Arc<Function>) -> Vec<usize> {
         func.attach(self.shared.clone());
-        best.poke();
-        best.id
+        (0..func.queue_pairs())
+            .map(|qp| {
+                let e = self.shared.least_busy();
+                self.shared.place(QueueRef { func: func.clone(), qp }, e);
+                e
+            })
+            .collect()
     }
 
-    /// Unmaps a function from its engine.
+    /// Unmaps every queue pair of a function.
     pub fn remove(&self, vf: VfId) {
         let mut placement = self.shared.placement.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = placement.remove(&vf) {
-            let e = &self.shared.engines[i];
-            e.functions.lock().unwrap_or_else(|e| e.into_inner()).retain(|f| f.id != vf);
+        placement.retain(|&(v, _), _| v != vf);
+        for e in &self.shared.engines {
+            e.queues().retain(|q| q.func.id != vf);
             e.poke();
         }
     }
 
-    /// Per-engine counters.
-    pub fn stats(&self) -> Vec<EngineStats> {
-        self.shared
+    /// Moves a queue pair to `engine` (administrator's choice).
+    pub fn pin(&self, vf: VfId, qp: u16, engine: usize) -> Result<(), String> {
+        if engine >= self.shared.engines.len() {
+            return Err(format!("engine {engine} does not exist (0 to {})", self.shared.engines.len() - 1));
+        }
+        let from = self.shared.placement.lock().unwrap_or_else(|e| e.into_inner()).get(&(vf, qp)).copied();
+        match from {
+            None => Err(format!("VF {} has no queue pair {qp}", vf.0)),
+            Some(f) if f == engine => Ok(()),
+            Some(f) => {
+                self.shared.migrate((vf, qp), f, engine);
+                Ok(())
+            }
+        }
+    }
+
+    /// The engine serving each queue pair of `vf`.
+    pub fn engines_of(&self, vf: VfId) -> Vec<usize> {
+        let placement = self.shared.placement.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = placement.iter().filter(|((f, _), _)| *f == vf).map(|((_, q), e)| (*q, *e)).collect();
+        v.sort();
+        v.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Counters of every engine and queue pair.
+    pub fn stats(&self) -> PoolStats {
+        let loads = self.shared.queue_load_bp.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let engines = self
+            .shared
             .engines
             .iter()
-            .map(|e| EngineStats {
-                id: e.id,
-                vfs: e.functions.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|f| f.id.0).collect(),
-                chains: e.counters.chains.load(Ordering::Relaxed),
-                sleeps: e.counters.sleeps.load(Ordering::Relaxed),
-                busy_polls: e.counters.busy_polls.load(Ordering::Relaxed),
-                idle_polls: e.counters.idle_polls.load(Ordering::Relaxed),
+            .map(|e| {
+                let c = &e.counters;
+                EngineStats {
+                    id: e.id,
+                    queues: e
+                        .queues()
+                        .iter()
+                        .map(|q| {
+                            let l = q.func.load(q.qp);
+                            QueueStats {
+                                vf: q.func.id.0,
+                                qp: q.qp,
+                                busy_cycles: l.busy_cycles.load(Ordering::Relaxed),
+                                chains: l.chains.load(Ordering::Relaxed),
+                                load_pct: loads.get(&q.key()).copied().unwrap_or(0) as f64 / 100.0,
+                            }
+                        })
+                        .collect(),
+                    busy_cycles: c.busy_cycles.load(Ordering::Relaxed),
+                    idle_cycles: c.idle_cycles.load(Ordering::Relaxed),
+                    sleep_cycles: c.sleep_cycles.load(Ordering::Relaxed),
+                    chains: c.chains.load(Ordering::Relaxed),
+                    sleeps: c.sleeps.load(Ordering::Relaxed),
+                    load_pct: c.load_bp.load(Ordering::Relaxed) as f64 / 100.0,
+                    moves_in: c.moves_in.load(Ordering::Relaxed),
+                }
             })
-            .collect()
+            .collect();
+        PoolStats { tsc_hz: tsc::hz(), engines, moves: self.shared.moves.load(Ordering::Relaxed) }
     }
 }
 
 impl Drop for EnginePool {
     fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.stop_cv.notify_all();
         for e in &self.shared.engines {
             e.stop.store(true, Ordering::Relaxed);
             e.wake.signal();
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// Every interval: measure loads, and move one queue pair from the busiest
+/// engine to the least busy one if that narrows the gap.
+fn rebalancer(shared: Arc<Shared>, config: EngineConfig) {
+    let n = shared.engines.len();
+    let mut last_total: Vec<u64> = vec![0; n];
+    let mut last_busy: Vec<u64> = vec![0; n];
+    loop {
+        {
+            let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
+            let (stop, _) =
+                shared.stop_cv.wait_timeout(stop, config.rebalance_interval).unwrap_or_else(|e| e.into_inner());
+            if *stop {
+                return;
+            }
+        }
+        // Engine loads over the interval.
+        let mut elapsed = vec![0u64; n];
+        for (i, e) in shared.engines.iter().enumerate() {
+            let c = &e.counters;
+            let busy = c.busy_cycles.load(Ordering::Relaxed);
+            let total = busy + c.idle_cycles.load(Ordering::Relaxed) + c.sleep_cycles.load(Ordering::Relaxed);
+            let (db, dt) = (busy - last_busy[i], total - last_total[i]);
+            (last_busy[i], last_total[i], elapsed[i]) = (busy, total, dt);
+            c.load_bp.store((db * 10_000).checked_div(dt).unwrap_or(0), Ordering::Relaxed);
+        }
+        // Queue loads over the interval, as a share of their engine's time.
+        let mut qload: Vec<((VfId, u16), usize, u64)> = Vec::new();
+        {
+            let mut last = shared.last_queue_busy.lock().unwrap_or_else(|e| e.into_inner());
+            let mut shares = shared.queue_load_bp.lock().unwrap_or_else(|e| e.into_inner());
+            shares.clear();
+            for (i, e) in shared.engines.iter().enumerate() {
+                for q in e.queues().iter() {
+                    let busy = q.func.load(q.qp).busy_cycles.load(Ordering::Relaxed);
+                    let prev = last.insert(q.key(), busy).unwrap_or(busy);
+                    let bp = (busy.saturating_sub(prev) * 10_000).checked_div(elapsed[i]).unwrap_or(0);
+                    shares.insert(q.key(), bp);
+                    qload.push((q.key(), i, bp));
+                }
+            }
+        }
+        tracing::debug!(loads = ?(0..n).map(|i| shared.load_bp(i)).collect::<Vec<_>>(), queues = ?qload, "engine loads (1/100 %)");
+        if n < 2 {
+            continue;
+        }
+        let busiest = (0..n).max_by_key(|&i| shared.load_bp(i)).expect("n >= 2");
+        let idlest = (0..n).min_by_key(|&i| shared.load_bp(i)).expect("n >= 2");
+        let (hi, lo) = (shared.load_bp(busiest), shared.load_bp(idlest));
+        if busiest == idlest || hi < config.rebalance_threshold_pct as u64 * 100 {
+            continue;
+        }
+        // The queue whose move best evens the two engines, if any improves
+        // on the current maximum by at least a quarter of the gap.
+        let candidates = qload.iter().filter(|(_, e, bp)| *e == busiest && *bp > 0);
+        if qload.iter().filter(|(_, e, _)| *e == busiest).count() < 2 {
+            continue;
+        }
+        let best = candidates.min_by_key(|(_, _, bp)| hi.saturating_sub(*bp).max(lo + bp));
+        if let Some(&(key, _, bp)) = best {
+            let new_max = hi.saturating_sub(bp).max(lo + bp);
+            if new_max + (hi - lo) / 4 <= hi {
+                shared.migrate(key, busiest, idlest);
+            }
         }
     }
 }
@@ -188,42 +437,38 @@ struct Doorbells {
 const WAKE_TOKEN: u64 = u64::MAX;
 
 impl Doorbells {
-    fn build(engine: &Engine, functions: &[Arc<Function>]) -> std::io::Result<Doorbells> {
+    fn build(engine: &Engine, queues: &[QueueRef]) -> std::io::Result<Doorbells> {
         let epoll = Epoll::new()?;
         let add = |fd: i32, token: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token));
         add(engine.wake.as_raw_fd(), WAKE_TOKEN)?;
         let mut kicks = Vec::new();
         let mut polling_only = false;
-        for f in functions {
-            for qp in 0..f.queue_pairs() {
-                let s = f.tx(qp).lock();
-                match &s.kick {
-                    Some(k) => {
-                        let k = k.try_clone()?;
-                        add(k.as_raw_fd(), kicks.len() as u64)?;
-                        kicks.push((k, f.clone()));
-                    }
-                    None if s.ready() => polling_only = true,
-                    None => {}
+        for q in queues {
+            let s = q.func.tx(q.qp).lock();
+            match &s.kick {
+                Some(k) => {
+                    let k = k.try_clone()?;
+                    add(k.as_raw_fd(), kicks.len() as u64)?;
+                    kicks.push((k, q.func.clone()));
                 }
+                None if s.ready() => polling_only = true,
+                None => {}
             }
         }
         Ok(Doorbells { epoll, kicks, polling_only })
     }
 }
 
-fn set_notifications(functions: &[Arc<Function>], enable: bool) -> bool {
+fn set_notifications(queues: &[QueueRef], enable: bool) -> bool {
     let mut pending = false;
-    for f in functions {
-        for qp in 0..f.queue_pairs() {
-            let mut s = f.tx(qp).lock();
-            if !s.ready() {
-                continue;
-            }
-            if let Some(ring) = s.ring.as_mut() {
-                ring.set_notification(enable);
-                pending |= ring.pending().map(|n| n > 0).unwrap_or(true);
-            }
+    for q in queues {
+        let mut s = q.func.tx(q.qp).lock();
+        if !s.ready() {
+            continue;
+        }
+        if let Some(ring) = s.ring.as_mut() {
+            ring.set_notification(enable);
+            pending |= ring.pending().map(|n| n > 0).unwrap_or(true);
         }
     }
     pending
@@ -232,25 +477,27 @@ fn set_notifications(functions: &[Arc<Function>], enable: bool) -> bool {
 fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
     if !config.cpus.is_empty() {
         let cpu = config.cpus[engine.id % config.cpus.len()];
-        if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-            error!(engine = engine.id, cpu, "cannot pin the engine; it floats");
-        } else {
+        if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
             info!(engine = engine.id, cpu, "engine pinned");
+        } else {
+            error!(engine = engine.id, cpu, "cannot pin the engine; it floats");
         }
     }
+    let c = &engine.counters;
     let mut scratch = Scratch::default();
-    let mut functions: Vec<Arc<Function>> = Vec::new();
+    let mut queues: Vec<QueueRef> = Vec::new();
     let mut seen = u64::MAX;
     let mut bells: Option<Doorbells> = None;
     let mut events = vec![EpollEvent::default(); 64];
     let mut last_work = Instant::now();
+    let mut t_prev = tsc::now();
     while !engine.stop.load(Ordering::Relaxed) {
         let g = engine.generation.load(Ordering::Acquire);
         if g != seen || bells.is_none() {
             seen = g;
             scratch.release();
-            functions = engine.functions.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            bells = match Doorbells::build(&engine, &functions) {
+            queues = engine.queues().clone();
+            bells = match Doorbells::build(&engine, &queues) {
                 Ok(b) => Some(b),
                 Err(e) => {
                     error!(engine = engine.id, error = %e, "cannot watch doorbells; polling");
@@ -259,28 +506,38 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             };
         }
         let mut work = 0;
-        for f in &functions {
-            for qp in 0..f.queue_pairs() {
-                work += poll_queue(f, qp, &fabric, &mut scratch);
+        for q in &queues {
+            let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch);
+            if n > 0 {
+                let t = tsc::now();
+                let l = q.func.load(q.qp);
+                l.busy_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
+                l.chains.fetch_add(n as u64, Ordering::Relaxed);
+                c.busy_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
+                t_prev = t;
+                work += n;
             }
         }
+        let t = tsc::now();
         if work > 0 {
-            engine.counters.chains.fetch_add(work as u64, Ordering::Relaxed);
-            engine.counters.busy_polls.fetch_add(1, Ordering::Relaxed);
+            c.chains.fetch_add(work as u64, Ordering::Relaxed);
             last_work = Instant::now();
+            c.busy_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
+            t_prev = t;
             continue;
         }
-        engine.counters.idle_polls.fetch_add(1, Ordering::Relaxed);
+        c.idle_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
+        t_prev = t;
         if last_work.elapsed() < config.idle_spin {
             std::hint::spin_loop();
             continue;
         }
         // Idle: ask for kicks, re-check, then sleep on the doorbells.
-        if set_notifications(&functions, true) {
-            set_notifications(&functions, false);
+        if set_notifications(&queues, true) {
+            set_notifications(&queues, false);
             continue;
         }
-        engine.counters.sleeps.fetch_add(1, Ordering::Relaxed);
+        c.sleeps.fetch_add(1, Ordering::Relaxed);
         match &bells {
             Some(b) => {
                 let timeout = if b.polling_only { 1 } else { 1000 };
@@ -302,7 +559,10 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             }
             None => std::thread::sleep(Duration::from_millis(1)),
         }
-        set_notifications(&functions, false);
+        set_notifications(&queues, false);
+        let t = tsc::now();
+        c.sleep_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
+        t_prev = t;
         last_work = Instant::now();
     }
 }

@@ -36,6 +36,15 @@ pub struct FunctionSettings {
     pub socket: PathBuf,
 }
 
+/// Work done on one queue pair's TX queue, for load-based placement.
+#[derive(Debug, Default)]
+pub struct QueueLoad {
+    /// TSC cycles spent in bursts that moved frames.
+    pub busy_cycles: std::sync::atomic::AtomicU64,
+    /// Chains (frames) taken.
+    pub chains: std::sync::atomic::AtomicU64,
+}
+
 /// `VIRTIO_CONFIG_S_NEEDS_RESET`.
 pub const STATUS_NEEDS_RESET: u8 = 0x40;
 /// `VIRTIO_NET_S_LINK_UP`.
@@ -51,6 +60,7 @@ pub struct Function {
     mtu: AtomicU16,
     link_up: AtomicBool,
     vrings: Vec<Vring>,
+    loads: Vec<QueueLoad>,
     queue_pairs: u16,
     connected: AtomicBool,
     acked_features: AtomicU64,
@@ -75,6 +85,7 @@ impl Function {
             link_up: AtomicBool::new(settings.link == LinkState::Up),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
+            loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
             queue_pairs,
             connected: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
@@ -143,6 +154,11 @@ impl Function {
     /// TX queue of queue pair `qp`.
     pub fn tx(&self, qp: u16) -> &Vring {
         &self.vrings[2 * qp as usize + 1]
+    }
+
+    /// Load accounting of queue pair `qp`.
+    pub fn load(&self, qp: u16) -> &QueueLoad {
+        &self.loads[qp as usize]
     }
 
     /// The control queue (VF-to-PF mailbox).

@@ -42,6 +42,15 @@ pub enum Request {
     Stats,
     /// Engines and their queues.
     Engines,
+    /// Move a queue pair to an engine.
+    EngineMove {
+        /// VF index.
+        vf: u16,
+        /// Queue pair.
+        qp: u16,
+        /// Target engine.
+        engine: usize,
+    },
     /// The switch's forwarding table.
     Fdb,
 }
@@ -53,6 +62,7 @@ fn handle(pf: &Pf, req: Request) -> Result<Value, String> {
         Request::VfSet { vf, change } => json!(pf.vf_set(vf, &change).map_err(|e| e.to_string())?),
         Request::Stats => json!({ "vfs": pf.stats() }),
         Request::Engines => json!(pf.engines()),
+        Request::EngineMove { vf, qp, engine } => json!(pf.engine_move(vf, qp, engine).map_err(|e| e.to_string())?),
         Request::Fdb => json!(pf.fdb()),
     };
     Ok(v)

@@ -5,6 +5,8 @@
 //! num_vfs = 4
 //! engines = 1
 //! engine_cpus = [1]        # optional pinning, engine i -> engine_cpus[i % len]
+//! rebalance_interval_ms = 10000   # compare engine loads this often (0: never)
+//! rebalance_threshold_pct = 50    # move queue pairs off engines busier than this
 //!
 //! [[vf]]                     # optional per-VF overrides
 //! id = 0
@@ -27,6 +29,10 @@ pub const DEFAULT_RUN_DIR: &str = "./run/vfnic";
 pub const DEFAULT_NUM_VFS: u16 = 4;
 /// Default MTU.
 pub const DEFAULT_MTU: u16 = 1500;
+/// Default rebalance interval.
+pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 10_000;
+/// Default load threshold for moving queue pairs.
+pub const DEFAULT_REBALANCE_THRESHOLD_PCT: u32 = 50;
 /// Most engines.
 pub const MAX_ENGINES: usize = 64;
 
@@ -78,6 +84,8 @@ struct RawConfig {
     queue_pairs: Option<toml::Spanned<u16>>,
     #[serde(default)]
     engine_cpus: Vec<usize>,
+    rebalance_interval_ms: Option<u64>,
+    rebalance_threshold_pct: Option<toml::Spanned<u32>>,
     #[serde(default)]
     vf: Vec<toml::Spanned<VfConfig>>,
 }
@@ -108,6 +116,10 @@ pub struct Config {
     pub queue_pairs: u16,
     /// CPUs to pin the engines to (empty: not pinned).
     pub engine_cpus: Vec<usize>,
+    /// How often engine loads are compared (0: never rebalance).
+    pub rebalance_interval_ms: u64,
+    /// Load (percent) of the busiest engine above which queue pairs move.
+    pub rebalance_threshold_pct: u32,
     /// Per-VF settings, by index.
     pub vfs: Vec<VfSettings>,
 }
@@ -221,7 +233,22 @@ impl Config {
                 return Err(invalid(span, format!("vf {}: socket {} is used by another VF", s.id, s.socket.display())));
             }
         }
-        Ok(Config { run_dir, engines, queue_pairs, engine_cpus: raw.engine_cpus, vfs })
+        let rebalance_threshold_pct = match raw.rebalance_threshold_pct {
+            Some(n) if *n.get_ref() > 100 => {
+                return Err(invalid(n.span(), format!("rebalance_threshold_pct = {} is above 100", n.get_ref())))
+            }
+            Some(n) => n.into_inner(),
+            None => DEFAULT_REBALANCE_THRESHOLD_PCT,
+        };
+        Ok(Config {
+            run_dir,
+            engines,
+            queue_pairs,
+            engine_cpus: raw.engine_cpus,
+            rebalance_interval_ms: raw.rebalance_interval_ms.unwrap_or(DEFAULT_REBALANCE_INTERVAL_MS),
+            rebalance_threshold_pct,
+            vfs,
+        })
     }
 
     /// Settings of a VF added at run time.

@@ -10,7 +10,8 @@ use thiserror::Error;
 use tracing::info;
 use vfnic_bus::VfListener;
 use vfnic_engine::fabric::port_of;
-use vfnic_engine::{EngineConfig, EnginePool, EngineStats, Fabric};
+use vfnic_engine::pool::PoolStats;
+use vfnic_engine::{EngineConfig, EnginePool, Fabric};
 use vfnic_op::{Function, FunctionSettings};
 use vfnic_types::{LinkState, MacAddr, VfCountersSnapshot, VfId};
 
@@ -36,7 +37,6 @@ pub enum PfError {
 struct Vf {
     func: Arc<Function>,
     listener: VfListener,
-    engine: usize,
 }
 
 /// What `vfnic vf show` prints.
@@ -62,8 +62,8 @@ pub struct VfInfo {
     pub faulted: bool,
     /// Queue pairs.
     pub queue_pairs: u16,
-    /// Engine serving its queues.
-    pub engine: usize,
+    /// Engine serving each queue pair.
+    pub engines: Vec<usize>,
 }
 
 /// One VF's line in `vfnic stats`.
@@ -117,9 +117,17 @@ impl Pf {
     /// Builds the adapter from `config` and starts serving every VF socket.
     pub fn start(config: Config) -> Result<Pf, PfError> {
         let fabric = Arc::new(Fabric::default());
-        let engines =
-            EnginePool::start(EngineConfig { engines: config.engines, ..EngineConfig::default() }, fabric.clone())
-                .map_err(PfError::Engines)?;
+        let engines = EnginePool::start(
+            EngineConfig {
+                engines: config.engines,
+                cpus: config.engine_cpus.clone(),
+                rebalance_interval: std::time::Duration::from_millis(config.rebalance_interval_ms),
+                rebalance_threshold_pct: config.rebalance_threshold_pct,
+                ..EngineConfig::default()
+            },
+            fabric.clone(),
+        )
+        .map_err(PfError::Engines)?;
         let pf = Pf { config: config.clone(), fabric, vfs: Mutex::new(BTreeMap::new()), engines };
         for s in &config.vfs {
             pf.add_vf(s)?;
@@ -144,14 +152,14 @@ impl Pf {
             self.config.queue_pairs,
         ));
         self.fabric.attach(func.clone());
-        let engine = self.engines.add(func.clone());
+        let engines = self.engines.add(func.clone());
         let listener = VfListener::start(func.clone(), &s.socket).map_err(|e| PfError::Listen(s.socket.clone(), e))?;
-        info!(vf = s.id, mac = %s.mac, socket = %s.socket.display(), engine, "VF ready");
-        self.vfs().insert(s.id, Vf { func, listener, engine });
+        info!(vf = s.id, mac = %s.mac, socket = %s.socket.display(), ?engines, "VF ready");
+        self.vfs().insert(s.id, Vf { func, listener });
         Ok(())
     }
 
-    fn info(v: &Vf) -> VfInfo {
+    fn info(&self, v: &Vf) -> VfInfo {
         let s = v.func.settings();
         VfInfo {
             id: v.func.id.0,
@@ -164,18 +172,18 @@ impl Pf {
             status: v.func.status(),
             faulted: v.func.faulted(),
             queue_pairs: v.func.queue_pairs(),
-            engine: v.engine,
+            engines: self.engines.engines_of(v.func.id),
         }
     }
 
     /// Every VF.
     pub fn vf_list(&self) -> Vec<VfInfo> {
-        self.vfs().values().map(Pf::info).collect()
+        self.vfs().values().map(|v| self.info(v)).collect()
     }
 
     /// One VF.
     pub fn vf_show(&self, id: u16) -> Result<VfInfo, PfError> {
-        self.vfs().get(&id).map(Pf::info).ok_or(PfError::UnknownVf(id))
+        self.vfs().get(&id).map(|v| self.info(v)).ok_or(PfError::UnknownVf(id))
     }
 
     /// Applies `change` to VF `id`; all or nothing.
@@ -203,7 +211,7 @@ impl Pf {
             self.fabric.rebind_mac(port_of(&v.func), old.mac, mac);
         }
         info!(vf = id, ?change, "VF settings changed");
-        Ok(Pf::info(v))
+        Ok(self.info(v))
     }
 
     /// Closes every VF socket (tenants are disconnected, socket files
@@ -231,8 +239,17 @@ impl Pf {
     }
 
     /// Counters of every engine.
-    pub fn engines(&self) -> Vec<EngineStats> {
+    pub fn engines(&self) -> PoolStats {
         self.engines.stats()
+    }
+
+    /// Moves queue pair `qp` of VF `vf` to `engine`.
+    pub fn engine_move(&self, vf: u16, qp: u16, engine: usize) -> Result<PoolStats, PfError> {
+        if !self.vfs().contains_key(&vf) {
+            return Err(PfError::UnknownVf(vf));
+        }
+        self.engines.pin(VfId(vf), qp, engine).map_err(PfError::Invalid)?;
+        Ok(self.engines.stats())
     }
 
     /// The switch's forwarding table.

@@ -1,0 +1,43 @@
+//! The CPU's time-stamp counter: how the engines account busy and idle
+//! cycles (the unit testpmd's `--record-core-cycles` reports in).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn now() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: RDTSC reads a counter; it has no memory effects and is
+        // available on every x86_64 CPU.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+/// Ticks per second, measured once (20 ms against the monotonic clock).
+pub fn hz() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        let (t0, c0) = (Instant::now(), now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (dt, dc) = (t0.elapsed(), now().wrapping_sub(c0));
+        (dc as f64 / dt.as_secs_f64()) as u64
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ticks_forward_at_a_plausible_rate() {
+        let a = super::now();
+        let hz = super::hz();
+        assert!(super::now() > a);
+        assert!((10_000_000..100_000_000_000).contains(&hz), "{hz}");
+    }
+}

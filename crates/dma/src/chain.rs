@@ -5,6 +5,11 @@
 //! overflow, every buffer must lie inside the memory table, and every buffer
 //! must have the permission the direction needs (the device only reads TX
 //! buffers and only writes RX buffers).
+//!
+//! [`Chain::walk`] follows a split ring's `next` links; a packed ring's
+//! chains (consecutive descriptors) are walked by
+//! [`crate::packed::PackedRing::pop_chain`], which uses the same buffer,
+//! segment and indirect-table checks from here.
 
 use std::sync::Arc;
 
@@ -12,6 +17,7 @@ use thiserror::Error;
 use vfnic_types::ErrorKind;
 
 use crate::mem::GuestMemory;
+use crate::packed::Token;
 use crate::ring::{Desc, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
 /// Most host segments one chain may have (after merging adjacent buffers).
@@ -101,6 +107,8 @@ impl Segment {
 /// packet to packet, so walking allocates nothing.
 pub struct Chain {
     head: u16,
+    /// Ring descriptors the chain took (packed rings; 1 for split rings).
+    ndesc: u16,
     segs: [Segment; MAX_CHAIN_SEGMENTS],
     n: usize,
     len: u64,
@@ -115,7 +123,7 @@ unsafe impl Send for Chain {}
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { head: 0, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, mem: None }
+        Chain { head: 0, ndesc: 1, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, mem: None }
     }
 }
 
@@ -129,6 +137,14 @@ impl Chain {
     /// Head descriptor index (what goes into the used ring).
     pub fn head(&self) -> u16 {
         self.head
+    }
+
+    /// For a chain taken from a packed ring: its buffer id (same as
+    /// [`Chain::head`]) and how many ring descriptors it took, i.e. what
+    /// [`crate::packed::PackedRing::push_used`] needs. Meaningless for a
+    /// split ring's chain.
+    pub fn token(&self) -> Token {
+        Token { id: self.head, ndesc: self.ndesc }
     }
 
     /// Total bytes of the chain's buffers.
@@ -163,18 +179,83 @@ impl Chain {
     /// Walks the chain starting at `head` of `ring`. On error the chain is
     /// left empty (its head is still set, so it can be returned with len 0).
     pub fn walk(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {
-        self.head = head;
-        self.n = 0;
-        self.len = 0;
-        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, ring.mem())) {
-            self.mem = Some(ring.mem().clone());
-        }
+        self.start(ring.mem(), head, 1);
         let r = self.walk_inner(ring, head, access, indirect_ok);
         if r.is_err() {
-            self.n = 0;
-            self.len = 0;
+            self.clear();
         }
         r
+    }
+
+    /// Empties the chain and points it at `mem` (cloning the Arc only when
+    /// the memory table changed), ready to take buffers.
+    pub(crate) fn start(&mut self, mem: &Arc<GuestMemory>, head: u16, ndesc: u16) {
+        self.head = head;
+        self.ndesc = ndesc;
+        self.n = 0;
+        self.len = 0;
+        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
+            self.mem = Some(mem.clone());
+        }
+    }
+
+    /// Forgets the segments taken so far (a walk failed).
+    pub(crate) fn clear(&mut self) {
+        self.n = 0;
+        self.len = 0;
+    }
+
+    /// Sets what [`Chain::token`] returns once a packed walk succeeded.
+    pub(crate) fn set_token(&mut self, t: Token) {
+        self.head = t.id;
+        self.ndesc = t.ndesc;
+    }
+
+    /// Adds one buffer of a packed ring's descriptor (`flags` in the packed
+    /// layout; only `DESC_F_WRITE` is looked at), with the same checks as a
+    /// split ring's buffers.
+    pub(crate) fn add_packed(
+        &mut self,
+        mem: &GuestMemory,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        access: Access,
+    ) -> Result<(), ChainError> {
+        self.add_buffer(mem, Desc { addr, len, flags: flags & DESC_F_WRITE, next: 0 }, access)
+    }
+
+    /// Walks a packed ring's indirect table at `addr` of `len` bytes: every
+    /// 16-byte `pvirtq_desc` in it, in order (the table has no `next`
+    /// links; flags other than `DESC_F_WRITE` and the buffer ids are
+    /// reserved there and ignored, as the spec says).
+    pub(crate) fn walk_packed_indirect(
+        &mut self,
+        mem: &GuestMemory,
+        addr: u64,
+        len: u32,
+        access: Access,
+    ) -> Result<(), ChainError> {
+        if len == 0 || len % 16 != 0 || len / 16 > MAX_INDIRECT {
+            return Err(ChainError::Length);
+        }
+        let base = mem.translate(addr, len as u64).ok_or(ChainError::OutOfBounds)?;
+        for i in 0..(len / 16) as usize {
+            // SAFETY: i < len / 16, so the 16 bytes at base + 16 * i lie in
+            // the table translated with its whole length above. The table
+            // need not be aligned, hence unaligned reads; each field is
+            // copied out once and only the copies are used.
+            let (a, l, f) = unsafe {
+                let d = base.add(16 * i);
+                (
+                    d.cast::<u64>().read_unaligned(),
+                    d.add(8).cast::<u32>().read_unaligned(),
+                    d.add(14).cast::<u16>().read_unaligned(),
+                )
+            };
+            self.add_packed(mem, u64::from_le(a), u32::from_le(l), u16::from_le(f), access)?;
+        }
+        Ok(())
     }
 
     fn walk_inner(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {

@@ -8,6 +8,9 @@
 //! * [`ring`]: raw access to a split virtqueue (descriptor table, avail and
 //!   used rings) with the memory ordering the virtio spec asks for, and
 //!   notification suppression (`EVENT_IDX`, `NO_NOTIFY`).
+//! * [`packed`]: the same for a packed virtqueue (`VIRTIO_F_RING_PACKED`):
+//!   one descriptor ring with wrap counters, chains taken and returned by
+//!   [`packed::Token`], and event suppression areas.
 //! * [`chain`]: walking a descriptor chain (direct or indirect) into a fixed
 //!   array of host segments, with loop, length and permission checks. No
 //!   allocation.
@@ -22,9 +25,12 @@
 pub mod chain;
 pub mod copy;
 pub mod mem;
+pub mod packed;
 pub mod ring;
 pub mod sigbus;
+pub mod tsc;
 
 pub use chain::{Chain, ChainError, Segment, MAX_CHAIN_SEGMENTS};
 pub use mem::{GuestMemory, MemError, RegionSpec};
+pub use packed::{PackedRing, PopError, Token};
 pub use ring::{RingAddrs, RingError, SplitRing};

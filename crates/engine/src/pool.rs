@@ -495,6 +495,9 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         let g = engine.generation.load(Ordering::Acquire);
         if g != seen || bells.is_none() {
             seen = g;
+            // The pokes that led here are handled: clear them so the next
+            // sleep is not cut short by a stale wake-up.
+            engine.wake.drain();
             scratch.release();
             queues = engine.queues().clone();
             bells = match Doorbells::build(&engine, &queues) {

@@ -7,6 +7,7 @@
 //! engine_cpus = [1]        # optional pinning, engine i -> engine_cpus[i % len]
 //! rebalance_interval_ms = 10000   # compare engine loads this often (0: never)
 //! rebalance_threshold_pct = 50    # move queue pairs off engines busier than this
+//! idle_spin_us = 200       # keep polling this long after the last frame, then sleep
 //!
 //! [[vf]]                     # optional per-VF overrides
 //! id = 0
@@ -29,6 +30,8 @@ pub const DEFAULT_RUN_DIR: &str = "./run/vfnic";
 pub const DEFAULT_NUM_VFS: u16 = 4;
 /// Default MTU.
 pub const DEFAULT_MTU: u16 = 1500;
+/// Default polling window after the last frame.
+pub const DEFAULT_IDLE_SPIN_US: u64 = 200;
 /// Default rebalance interval.
 pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 10_000;
 /// Default load threshold for moving queue pairs.
@@ -85,6 +88,7 @@ struct RawConfig {
     #[serde(default)]
     engine_cpus: Vec<usize>,
     rebalance_interval_ms: Option<u64>,
+    idle_spin_us: Option<u64>,
     rebalance_threshold_pct: Option<toml::Spanned<u32>>,
     #[serde(default)]
     vf: Vec<toml::Spanned<VfConfig>>,
@@ -120,6 +124,9 @@ pub struct Config {
     pub rebalance_interval_ms: u64,
     /// Load (percent) of the busiest engine above which queue pairs move.
     pub rebalance_threshold_pct: u32,
+    /// How long an engine keeps polling after its last frame before it
+    /// sleeps on the doorbells (NAPI-style adaptive polling).
+    pub idle_spin_us: u64,
     /// Per-VF settings, by index.
     pub vfs: Vec<VfSettings>,
 }
@@ -247,6 +254,7 @@ impl Config {
             engine_cpus: raw.engine_cpus,
             rebalance_interval_ms: raw.rebalance_interval_ms.unwrap_or(DEFAULT_REBALANCE_INTERVAL_MS),
             rebalance_threshold_pct,
+            idle_spin_us: raw.idle_spin_us.unwrap_or(DEFAULT_IDLE_SPIN_US),
             vfs,
         })
     }

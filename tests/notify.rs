@@ -1,0 +1,84 @@
+//! Notification suppression both ways (EVENT_IDX): the engine honours the
+//! driver's `used_event` (no interrupt the driver did not ask for), and the
+//! driver honours the engine's `avail_event` (no kicks while it polls).
+
+mod common;
+
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use common::{frame, vf_mac, Daemon};
+use vfnic_pf::api::Request;
+use vfnic_user::{Options, VirtioNet};
+
+fn attach(d: &Daemon, vf: u16) -> VirtioNet {
+    VirtioNet::connect(d.sock(vf), Options::default()).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+}
+
+fn readable(fd: i32) -> bool {
+    // SAFETY: the device owns `fd` and outlives this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut p = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&fd), events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(p.as_mut_ptr(), 1, 0) == 1 }
+}
+
+fn sleeps(d: &Daemon) -> u64 {
+    d.api(Request::Engines)["engines"][0]["sleeps"].as_u64().unwrap()
+}
+
+#[test]
+fn engine_honours_used_event() {
+    let d = Daemon::start("num_vfs = 2\nengines = 1\n");
+    let mut a = attach(&d, 0);
+    let b = attach(&d, 1);
+    // B never re-arms interrupts while it polls: used_event stays 0, so after
+    // the very first completion the engine must not interrupt again.
+    for i in 0..200 {
+        a.send(&frame(vf_mac(1), vf_mac(0), 80, i as u8)).unwrap();
+    }
+    d.wait_for("200 frames delivered", 10, || d.counter(1, &["rx_packets"]) == 200);
+    let irqs = d.counter(1, &["interrupts"]);
+    assert!(irqs <= 1, "{irqs} interrupts for 200 frames with used_event = 0");
+    let mut b = b;
+    for _ in 0..200 {
+        b.recv().unwrap().expect("frame");
+    }
+    // B re-arms: used_event = its last used index. The next frame interrupts.
+    assert!(!b.rx_ring().enable_interrupts(b.memory()).unwrap(), "nothing pending");
+    a.send(&frame(vf_mac(1), vf_mac(0), 80, 0xaa)).unwrap();
+    d.wait_for("the interrupt", 5, || d.counter(1, &["interrupts"]) == irqs + 1);
+    assert!(readable(b.call_fd(0)), "the RX call eventfd was written");
+    assert_eq!(b.recv().unwrap().expect("frame")[20], 0xaa);
+}
+
+#[test]
+fn driver_does_not_kick_a_polling_engine() {
+    // A long polling window keeps the engine polling between bursts.
+    let d = Daemon::start("num_vfs = 2\nengines = 1\nidle_spin_us = 2000000\n");
+    let mut a = attach(&d, 0);
+    let mut b = attach(&d, 1);
+    d.wait_for("the engine to sleep", 10, || sleeps(&d) > 0);
+    let k0 = a.stats().tx_kicks;
+    let dk0 = d.counter(0, &["kicks"]);
+    // The engine sleeps with notifications on: the first frame must kick.
+    a.send(&frame(vf_mac(1), vf_mac(0), 80, 1)).unwrap();
+    b.recv_timeout(Duration::from_secs(5)).unwrap().expect("frame after a kick");
+    assert_eq!(a.stats().tx_kicks, k0 + 1, "one kick wakes the sleeping engine");
+    d.wait_for("the daemon to count the kick", 5, || d.counter(0, &["kicks"]) == dk0 + 1);
+    // Now it polls: avail_event stays behind, so 20 more bursts need no kick.
+    let k1 = a.stats().tx_kicks;
+    let s0 = sleeps(&d);
+    for burst in 0..20u8 {
+        let frames: Vec<Vec<u8>> = (0..32).map(|i| frame(vf_mac(1), vf_mac(0), 80, burst ^ i)).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        a.send_burst(&refs).unwrap();
+        for _ in 0..32 {
+            b.recv_timeout(Duration::from_secs(5)).unwrap().expect("frame");
+        }
+        }
+    assert_eq!(sleeps(&d), s0, "the engine kept polling within its 2 s window");
+    assert_eq!(a.stats().tx_kicks, k1, "no kick while the engine polls (640 frames)\n{}", d.log_text());
+    assert_eq!(d.counter(0, &["kicks"]), dk0 + 1);
+    assert_eq!(d.counter(0, &["tx_packets"]), 641);
+}

@@ -124,7 +124,6 @@ impl Pf {
                 rebalance_interval: std::time::Duration::from_millis(config.rebalance_interval_ms),
                 rebalance_threshold_pct: config.rebalance_threshold_pct,
                 idle_spin: std::time::Duration::from_micros(config.idle_spin_us),
-                ..EngineConfig::default()
             },
             fabric.clone(),
         )

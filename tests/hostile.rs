@@ -33,8 +33,8 @@ const T: Duration = Duration::from_secs(5);
 const NEEDS_RESET: u8 = 0x40;
 /// `VIRTIO_RING_F_INDIRECT_DESC`.
 const INDIRECT_DESC: u64 = 1 << 28;
-/// `VIRTIO_F_RING_PACKED`: never offered.
-const RING_PACKED: u64 = 1 << 34;
+/// `VIRTIO_NET_F_DEVICE_STATS` (bit 50): never offered.
+const NEVER_OFFERED: u64 = 1 << 50;
 /// Guest-physical base of hand-made memory tables.
 const GPA: u64 = 0x4000_0000;
 /// The message deadline of the daemon (`bus::session::MESSAGE_DEADLINE`).
@@ -713,7 +713,7 @@ fn set_features_never_offered_is_refused() {
     c.set_owner().unwrap();
     let offered = c.get_features().unwrap();
     let r0 = err(&d, VF, "msg_refused");
-    let never = [RING_PACKED, 1 << 63, !offered, offered | (1 << 41)];
+    let never = [NEVER_OFFERED, 1 << 63, !offered, offered | (1 << 41)];
     for bits in never {
         nacked(c.set_features(bits), &format!("SET_FEATURES {bits:#x}"));
     }
@@ -724,7 +724,7 @@ fn set_features_never_offered_is_refused() {
     // without NEED_REPLY.
     let v1 = 1u64 << 32;
     c.set_features(v1).unwrap();
-    send_msg(&mut c, request::SET_FEATURES, flags::VERSION, &(v1 | RING_PACKED).to_le_bytes(), &[]);
+    send_msg(&mut c, request::SET_FEATURES, flags::VERSION, &(v1 | NEVER_OFFERED).to_le_bytes(), &[]);
     expect_open(&mut c, "after a bogus SET_FEATURES without NEED_REPLY");
     assert_eq!(vf_show(&d, VF)["features"], format!("{v1:#x}"));
     assert_eq!(err(&d, VF, "msg_refused"), r0 + never.len() as u64 + 2);

@@ -270,6 +270,7 @@ impl Session {
                     let mut s = vr.lock();
                     s.event_idx = features::event_idx(v);
                     s.indirect = features::indirect(v);
+                    s.packed = features::packed(v);
                     if s.ring.is_some() {
                         s.rebuild().map_err(|e| refuse(ErrorKind::RingAddrInvalid, e.to_string()))?;
                     }

@@ -29,8 +29,10 @@ pub mod packed;
 pub mod ring;
 pub mod sigbus;
 pub mod tsc;
+pub mod vq;
 
 pub use chain::{Chain, ChainError, Segment, MAX_CHAIN_SEGMENTS};
 pub use mem::{GuestMemory, MemError, RegionSpec};
 pub use packed::{PackedRing, PopError, Token};
 pub use ring::{RingAddrs, RingError, SplitRing};
+pub use vq::Virtqueue;

@@ -78,6 +78,10 @@ pub struct SplitRing {
     size: u16,
     next_avail: u16,
     next_used: u16,
+    /// Avail index as last read: buffers up to it are known available, so
+    /// the driver's index (a cache line it keeps writing) is re-read only
+    /// when they run out.
+    avail_shadow: u16,
     /// Used index at the last interrupt we sent (EVENT_IDX bookkeeping).
     signalled_used: Option<u16>,
     event_idx: bool,
@@ -119,6 +123,7 @@ impl SplitRing {
             size: size as u16,
             next_avail: base,
             next_used: base,
+            avail_shadow: base,
             signalled_used: None,
             event_idx,
         })
@@ -180,6 +185,17 @@ impl SplitRing {
         }
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(head)
+    }
+
+    /// True if a buffer is available, reading the driver's avail index only
+    /// when the buffers seen last time are used up.
+    #[inline]
+    pub fn has_avail(&mut self) -> Result<bool, RingError> {
+        if self.next_avail == self.avail_shadow {
+            let n = self.pending()?;
+            self.avail_shadow = self.next_avail.wrapping_add(n);
+        }
+        Ok(self.next_avail != self.avail_shadow)
     }
 
     /// Gives back a head taken by `pop_head` that will not be used now

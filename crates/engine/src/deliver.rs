@@ -3,7 +3,7 @@
 
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
-use vfnic_dma::{Chain, SplitRing};
+use vfnic_dma::{Chain, Virtqueue};
 use vfnic_op::{features, Function, VringState};
 use vfnic_types::{DropReason, ErrorKind};
 
@@ -83,11 +83,8 @@ pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
-    // Buffers known to be available: the avail index (a cache line the
-    // driver keeps writing) is re-read only when they run out.
-    let mut avail = 0u16;
     for frame in frames.by_ref() {
-        match fill(ring, &mut avail, frame, hdr_len, mergeable, indirect, scratch) {
+        match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
             Ok(()) => {
                 packets += 1;
                 bytes += frame.len;
@@ -125,8 +122,7 @@ enum Fill {
 }
 
 fn fill(
-    ring: &mut SplitRing,
-    known_avail: &mut u16,
+    ring: &mut Virtqueue,
     frame: Frame<'_>,
     hdr_len: u64,
     mergeable: bool,
@@ -139,40 +135,37 @@ fn fill(
     let mut capacity = 0u64;
     let mut ran_out = false;
     while capacity < need && taken < max {
-        if *known_avail == 0 {
-            *known_avail = ring.pending().map_err(|_| Fill::Fault(ErrorKind::AvailIndexInvalid))?;
-            if *known_avail == 0 {
+        let chain = &mut scratch.chains[taken];
+        match ring.pop_chain(chain, Access::DeviceWrites, indirect) {
+            Ok(true) => {}
+            Ok(false) => {
                 ran_out = true;
                 break;
             }
-        }
-        let head = ring.pop_head().map_err(|_| Fill::Fault(ErrorKind::DescIndexInvalid))?;
-        *known_avail -= 1;
-        let chain = &mut scratch.chains[taken];
-        taken += 1;
-        if let Err(e) = chain.walk(ring, head, Access::DeviceWrites, indirect) {
-            // Give back what we took so far unwritten; the faulty one too.
-            for c in &scratch.chains[..taken] {
-                ring.push_used(c.head(), 0);
+            Err(e) => {
+                // Give back what we took so far, unwritten.
+                for c in &scratch.chains[..taken] {
+                    ring.complete(c, 0);
+                }
+                return Err(Fill::Fault(e.kind()));
             }
-            return Err(Fill::Fault(e.kind()));
         }
-        if taken == 1 && chain.len() < hdr_len {
+        taken += 1;
+        if taken == 1 && scratch.chains[0].len() < hdr_len {
             // Too small even for the header: refused, never half-written.
-            ring.push_used(head, 0);
+            ring.complete(&scratch.chains[0], 0);
             return Err(Fill::Drop(DropReason::RxBufferTooSmall));
         }
-        capacity += chain.len();
+        capacity += scratch.chains[taken - 1].len();
     }
     if capacity < need {
         if ran_out {
             // Not enough buffers yet: leave them for the next frame.
             ring.unpop(taken as u16);
-            *known_avail += taken as u16;
             return Err(Fill::Drop(DropReason::RxNoBuffer));
         }
         for c in &scratch.chains[..taken] {
-            ring.push_used(c.head(), 0);
+            ring.complete(c, 0);
         }
         return Err(Fill::Drop(DropReason::RxBufferTooSmall));
     }
@@ -196,12 +189,12 @@ fn fill(
         // The sender's memory vanished under the copy: what we read may be
         // zeros, so the receiver gets its buffers back empty instead.
         for c in &scratch.chains[..taken] {
-            ring.push_used(c.head(), 0);
+            ring.complete(c, 0);
         }
         return Err(Fill::Drop(DropReason::RxNotReady));
     }
     for (c, w) in scratch.chains[..taken].iter().zip(&written[..taken]) {
-        ring.push_used(c.head(), *w);
+        ring.complete(c, *w);
     }
     debug_assert_eq!(left, 0);
     Ok(())

@@ -6,7 +6,7 @@
 
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::Cursor;
-use vfnic_dma::{Chain, RingError};
+use vfnic_dma::{Chain, PopError};
 use vfnic_op::{features, Function};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, MacAddr};
@@ -62,14 +62,6 @@ impl Scratch {
     }
 }
 
-fn ring_fault_kind(e: RingError) -> ErrorKind {
-    match e {
-        RingError::AvailIndex(_) => ErrorKind::AvailIndexInvalid,
-        RingError::HeadIndex(_) => ErrorKind::DescIndexInvalid,
-        RingError::Size(_) | RingError::Addr(_) => ErrorKind::RingAddrInvalid,
-    }
-}
-
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
 pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch) -> usize {
@@ -80,35 +72,25 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     }
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
-    let pending = match ring.pending() {
-        Ok(0) => return 0,
-        Ok(n) => (n as usize).min(BURST),
-        Err(e) => {
-            fault_queue(f, &mut s, ring_fault_kind(e), tx.index);
-            return 0;
-        }
-    };
 
     // 1. Look ahead: take and walk the whole burst.
     let mut fault = None;
     let mut n = 0;
-    for _ in 0..pending {
-        let head = match ring.pop_head() {
-            Ok(h) => h,
+    while n < BURST {
+        match ring.pop_chain(&mut scratch.tx[n], Access::DeviceReads, indirect) {
+            Ok(true) => n += 1,
+            Ok(false) => break,
             Err(e) => {
-                fault = Some(ring_fault_kind(e));
+                if matches!(e, PopError::Chain(_)) {
+                    f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
+                }
+                fault = Some(e.kind());
                 break;
             }
-        };
-        // Completed with length 0 (the device writes nothing into TX
-        // buffers); made visible only after the copies, at the end.
-        ring.push_used(head, 0);
-        if let Err(e) = scratch.tx[n].walk(ring, head, Access::DeviceReads, indirect) {
-            f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
-            fault = Some(e.kind());
-            break;
         }
-        n += 1;
+    }
+    if n == 0 && fault.is_none() {
+        return 0;
     }
 
     // 2. Classify: drops before the switch, then one read of the table.
@@ -206,9 +188,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     }
     drop(ports);
 
-    // 4. Complete the TX chains: one publish, at most one interrupt.
+    // 4. Complete the TX chains (length 0: the device writes nothing into
+    // TX buffers), in order: one publish, at most one interrupt.
     f.counters.tx_packets.add(tx_packets);
     f.counters.tx_bytes.add(tx_bytes);
+    for chain in &scratch.tx[..n] {
+        ring.complete(chain, 0);
+    }
     ring.publish_used();
     if ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);
@@ -222,5 +208,5 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     if let Some(kind) = fault {
         fault_queue(f, &mut s, kind, tx.index);
     }
-    pending
+    n.max(1)
 }

@@ -468,7 +468,7 @@ fn set_notifications(queues: &[QueueRef], enable: bool) -> bool {
         }
         if let Some(ring) = s.ring.as_mut() {
             ring.set_notification(enable);
-            pending |= ring.pending().map(|n| n > 0).unwrap_or(true);
+            pending |= ring.any_pending().unwrap_or(true);
         }
     }
     pending

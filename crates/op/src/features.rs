@@ -1,6 +1,6 @@
 //! Feature bits a VF offers, and virtio-net header sizes.
 
-use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
@@ -24,6 +24,8 @@ pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_RING_F_EVENT_IDX)
     | bit(VIRTIO_RING_F_INDIRECT_DESC)
     | bit(VIRTIO_F_NOTIFY_ON_EMPTY)
+    | bit(VIRTIO_F_RING_PACKED)
+    | bit(VIRTIO_F_IN_ORDER)
     | PROTOCOL_FEATURES;
 
 /// True if `features` has feature number `n`.
@@ -48,6 +50,11 @@ pub fn event_idx(features: u64) -> bool {
 /// `INDIRECT_DESC` negotiated.
 pub fn indirect(features: u64) -> bool {
     has(features, VIRTIO_RING_F_INDIRECT_DESC)
+}
+
+/// `RING_PACKED` negotiated.
+pub fn packed(features: u64) -> bool {
+    has(features, VIRTIO_F_RING_PACKED)
 }
 
 /// `MRG_RXBUF` negotiated.

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vfnic_dma::{GuestMemory, RingAddrs, RingError, SplitRing};
+use vfnic_dma::{GuestMemory, RingAddrs, RingError, Virtqueue};
 
 use crate::fd::Doorbell;
 
@@ -33,9 +33,11 @@ pub struct VringState {
     pub event_idx: bool,
     /// `INDIRECT_DESC` negotiated.
     pub indirect: bool,
+    /// `RING_PACKED` negotiated: the queue uses the packed layout.
+    pub packed: bool,
     mem: Option<Arc<GuestMemory>>,
     /// The mapped ring, present while started with valid addresses.
-    pub ring: Option<SplitRing>,
+    pub ring: Option<Virtqueue>,
 }
 
 impl VringState {
@@ -48,7 +50,7 @@ impl VringState {
     /// Installs a new memory table, remapping a started ring onto it.
     pub fn set_mem(&mut self, mem: Option<Arc<GuestMemory>>) -> Result<(), RingError> {
         if let Some(r) = &self.ring {
-            self.base = r.next_avail();
+            self.base = r.base();
         }
         self.mem = mem;
         self.rebuild()
@@ -67,14 +69,17 @@ impl VringState {
         let (Some(mem), Some(addrs), true) = (&self.mem, self.addrs, self.started) else {
             return Ok(());
         };
-        self.ring = Some(SplitRing::new(mem.clone(), self.size, addrs, self.base, self.event_idx)?);
+        self.ring = Some(Virtqueue::new(mem.clone(), self.size, addrs, self.base, self.event_idx, self.packed)?);
         Ok(())
     }
 
     /// Checks `addrs` against the current memory table without starting.
     pub fn check_addrs(&self, addrs: RingAddrs) -> Result<(), RingError> {
         match &self.mem {
-            Some(mem) => SplitRing::new(mem.clone(), self.size.max(1), addrs, 0, false).map(|_| ()),
+            Some(mem) => {
+                let base = if self.packed { 0x8000 } else { 0 };
+                Virtqueue::new(mem.clone(), self.size.max(1), addrs, base, false, self.packed).map(|_| ())
+            }
             None => Ok(()),
         }
     }
@@ -82,7 +87,7 @@ impl VringState {
     /// Stops the ring (`GET_VRING_BASE`) and returns the index to resume at.
     pub fn stop(&mut self) -> u16 {
         if let Some(r) = self.ring.take() {
-            self.base = r.next_avail();
+            self.base = r.base();
         }
         self.started = false;
         self.kick = None;

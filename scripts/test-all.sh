@@ -10,6 +10,7 @@
 #   guest        scripts/build-guest.sh .cache/guest (cached between runs)
 #   dpdk_pvp-e1  tests/real/dpdk_pvp.sh with ENGINES=1
 #   dpdk_pvp-e2  tests/real/dpdk_pvp.sh with ENGINES=2
+#   dpdk_pvp-packed  the same over packed rings with IN_ORDER (VUARGS)
 #   qemu_pair    tests/real/qemu_pair.sh
 #   <name>       every tests/real/<name>_test.sh, picked up automatically
 # Then a PASS/FAIL table; the exit status is nonzero if any step failed.
@@ -124,6 +125,7 @@ declare -a SUITES=()
 collect_suites() {
     SUITES+=("dpdk_pvp-e1|env ENGINES=1 bash tests/real/dpdk_pvp.sh")
     SUITES+=("dpdk_pvp-e2|env ENGINES=2 bash tests/real/dpdk_pvp.sh")
+    SUITES+=("dpdk_pvp-packed|env ENGINES=1 VUARGS=,packed_vq=1,in_order=1 bash tests/real/dpdk_pvp.sh")
     SUITES+=("qemu_pair|bash tests/real/qemu_pair.sh")
     local f
     for f in tests/real/*_test.sh; do

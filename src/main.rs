@@ -93,7 +93,8 @@ enum VfCmd {
     Set {
         /// VF index.
         vf: u16,
-        /// Setting/value pairs: `mac ADDR`, `link up|down`.
+        /// Setting/value pairs: `mac ADDR`, `link up|down`, `rx-usecs N`,
+        /// `rx-frames N` (interrupt moderation, as ethtool -C).
         #[arg(num_args = 2.., required = true)]
         settings: Vec<String>,
     },
@@ -113,7 +114,21 @@ fn parse_settings(words: &[String]) -> Result<VfChange> {
                     other => bail!("link must be `up` or `down`, not `{other}`"),
                 })
             }
-            other => bail!("unknown VF setting `{other}` (known: mac, link)"),
+            "rx-usecs" => {
+                change.rx_usecs = Some(
+                    value
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("rx-usecs must be a number of microseconds, not `{value}`"))?,
+                )
+            }
+            "rx-frames" => {
+                change.rx_frames = Some(
+                    value
+                        .parse()
+                        .map_err(|_| anyhow::anyhow!("rx-frames must be a number of frames, not `{value}`"))?,
+                )
+            }
+            other => bail!("unknown VF setting `{other}` (known: mac, link, rx-usecs, rx-frames)"),
         }
     }
     Ok(change)

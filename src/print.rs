@@ -45,7 +45,8 @@ pub fn vf_list(v: &Value) -> String {
 pub fn vf_show(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "vf {}", s(&v["id"]));
-    for key in ["mac", "mtu", "link", "socket", "queue_pairs", "engines", "features", "status"] {
+    for key in ["mac", "mtu", "link", "socket", "queue_pairs", "engines", "features", "status", "rx_usecs", "rx_frames"]
+    {
         let _ = writeln!(o, "  {key:<12} {}", s(&v[key]));
     }
     let _ = writeln!(o, "  {:<12} {}", "connected", yes(&v["connected"]));

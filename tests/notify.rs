@@ -12,7 +12,8 @@ use vfnic_pf::api::Request;
 use vfnic_user::{Options, VirtioNet};
 
 fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default()).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+    VirtioNet::connect(d.sock(vf), Options::default())
+        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
 }
 
 fn readable(fd: i32) -> bool {
@@ -76,9 +77,56 @@ fn driver_does_not_kick_a_polling_engine() {
         for _ in 0..32 {
             b.recv_timeout(Duration::from_secs(5)).unwrap().expect("frame");
         }
-        }
+    }
     assert_eq!(sleeps(&d), s0, "the engine kept polling within its 2 s window");
     assert_eq!(a.stats().tx_kicks, k1, "no kick while the engine polls (640 frames)\n{}", d.log_text());
     assert_eq!(d.counter(0, &["kicks"]), dk0 + 1);
     assert_eq!(d.counter(0, &["tx_packets"]), 641);
+}
+
+/// Interrupt moderation (ethtool `rx-usecs`/`rx-frames`): with a driver
+/// that wants every interrupt (no EVENT_IDX, no NO_INTERRUPT), interrupts
+/// come per `rx-frames` frames, and a held one fires by `rx-usecs`.
+#[test]
+fn interrupt_moderation_coalesces() {
+    let d = Daemon::start("num_vfs = 4\nengines = 1\n[[vf]]\nid = 3\nrx_frames = 4\nrx_usecs = 1000000\n");
+    let plain = Options { features: vfnic_user::net::DEFAULT_FEATURES & !(1 << 29), ..Options::default() };
+    let mut a = attach(&d, 0);
+    let mut b = VirtioNet::connect(d.sock(1), plain.clone()).unwrap();
+    let mut m = VirtioNet::connect(d.sock(3), plain).unwrap();
+    for (dst, rx) in [(1u16, &mut b), (3, &mut m)] {
+        assert!(!rx.rx_ring().enable_interrupts(rx.memory()).unwrap());
+        let i0 = d.counter(dst, &["interrupts"]);
+        for i in 0..8u64 {
+            a.send(&frame(vf_mac(dst), vf_mac(0), 80, i as u8)).unwrap();
+            d.wait_for("delivery", 5, || d.counter(dst, &["rx_packets"]) == i + 1);
+        }
+        let irqs = d.counter(dst, &["interrupts"]) - i0;
+        if dst == 1 {
+            assert_eq!(irqs, 8, "unmoderated: one interrupt per frame");
+        } else {
+            assert_eq!(irqs, 2, "rx-frames 4: one interrupt per 4 frames");
+        }
+        while rx.recv().unwrap().is_some() {}
+    }
+    // Two more frames stay below rx-frames: the held interrupt fires at the
+    // 1 s deadline, not before.
+    let i0 = d.counter(3, &["interrupts"]);
+    let t = std::time::Instant::now();
+    a.send(&frame(vf_mac(3), vf_mac(0), 80, 9)).unwrap();
+    a.send(&frame(vf_mac(3), vf_mac(0), 80, 10)).unwrap();
+    d.wait_for("delivery", 5, || d.counter(3, &["rx_packets"]) == 10);
+    assert_eq!(d.counter(3, &["interrupts"]), i0, "held below rx-frames");
+    d.wait_for("the held interrupt", 5, || d.counter(3, &["interrupts"]) == i0 + 1);
+    assert!(t.elapsed() >= Duration::from_millis(900), "fired by the deadline, not early: {:?}", t.elapsed());
+    // Changed at run time: moderation off again.
+    d.api(Request::VfSet {
+        vf: 3,
+        change: vfnic_pf::pf::VfChange { rx_frames: Some(0), rx_usecs: Some(0), ..Default::default() },
+    });
+    while m.recv().unwrap().is_some() {}
+    assert!(!m.rx_ring().enable_interrupts(m.memory()).unwrap());
+    let i1 = d.counter(3, &["interrupts"]);
+    a.send(&frame(vf_mac(3), vf_mac(0), 80, 11)).unwrap();
+    d.wait_for("an immediate interrupt", 5, || d.counter(3, &["interrupts"]) == i1 + 1);
 }

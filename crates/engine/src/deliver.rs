@@ -1,9 +1,12 @@
 //! Writing one frame into a receiver's RX queue: the copy's destination
 //! side.
 
+use std::sync::Arc;
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
 use vfnic_dma::{Chain, Virtqueue};
+
+use vfnic_dma::tsc;
 use vfnic_op::{features, Function, VringState};
 use vfnic_types::{DropReason, ErrorKind};
 
@@ -13,11 +16,12 @@ pub const MAX_MERGE: usize = 32;
 /// Reusable RX chains, so delivering allocates nothing.
 pub struct RxScratch {
     chains: Vec<Chain>,
+    armed: Vec<Armed>,
 }
 
 impl Default for RxScratch {
     fn default() -> Self {
-        RxScratch { chains: (0..MAX_MERGE).map(|_| Chain::default()).collect() }
+        RxScratch { chains: (0..MAX_MERGE).map(|_| Chain::default()).collect(), armed: Vec::new() }
     }
 }
 
@@ -25,6 +29,7 @@ impl RxScratch {
     /// Lets go of every tenant memory table the chains still refer to.
     pub fn release(&mut self) {
         self.chains.iter_mut().for_each(Chain::release);
+        self.fire_due(true);
     }
 }
 
@@ -61,7 +66,11 @@ pub fn fault_queue(f: &Function, s: &mut VringState, kind: ErrorKind, queue: u16
 /// Copies `frames`, in order, into `dest`'s RX queue 0: one lock, one
 /// publish and at most one interrupt for the whole group. Returns how many
 /// were delivered; each one not delivered is counted on `dest` by reason.
-pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>>, scratch: &mut RxScratch) -> u64 {
+pub fn deliver_group<'f>(
+    dest: &Arc<Function>,
+    frames: impl Iterator<Item = Frame<'f>>,
+    scratch: &mut RxScratch,
+) -> u64 {
     let mut frames = frames.peekable();
     if frames.peek().is_none() {
         return 0;
@@ -101,11 +110,8 @@ pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>
     if fault.is_none() && ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);
     }
-    if packets > 0 && ring.needs_interrupt() {
-        if let Some(call) = &s.call {
-            call.signal();
-            dest.counters.interrupts.inc();
-        }
+    if packets > 0 {
+        moderate(dest, &mut s, packets as u32, &mut scratch.armed);
     }
     if let Some(kind) = fault {
         dest.counters.drop_frames(DropReason::RxBadDescriptor, frames.count() as u64);
@@ -114,6 +120,68 @@ pub fn deliver_group<'f>(dest: &Function, frames: impl Iterator<Item = Frame<'f>
     dest.counters.rx_packets.add(packets);
     dest.counters.rx_bytes.add(bytes);
     packets
+}
+
+/// Raises or holds the interrupt for `packets` new frames on `dest`'s RX
+/// ring, per its moderation settings (ethtool `rx-usecs`/`rx-frames`). A held
+/// interrupt is armed in `armed`; the engine fires it by its deadline.
+fn moderate(dest: &Arc<Function>, s: &mut VringState, packets: u32, armed: &mut Vec<Armed>) {
+    let (usecs, frames) = dest.moderation();
+    if usecs == 0 && frames == 0 {
+        if s.interrupt() {
+            dest.counters.interrupts.inc();
+        }
+        return;
+    }
+    let now = tsc::now();
+    if s.irq_pending == 0 {
+        s.irq_since = now;
+    }
+    s.irq_pending = s.irq_pending.saturating_add(packets);
+    let deadline = s.irq_since + usecs as u64 * tsc::hz() / 1_000_000;
+    if (frames > 0 && s.irq_pending >= frames) || now >= deadline {
+        if s.interrupt() {
+            dest.counters.interrupts.inc();
+        }
+    } else if !armed.iter().any(|a| Arc::ptr_eq(&a.func, dest)) {
+        armed.push(Armed { func: dest.clone() });
+    }
+}
+
+/// An RX ring whose interrupt moderation holds an interrupt back. Its
+/// deadline is read from the ring state each time, so an interrupt fired
+/// early (by frame count) and a new batch begun since are never confused.
+pub struct Armed {
+    func: Arc<Function>,
+}
+
+impl RxScratch {
+    /// Interrupts held back by moderation, waiting for their deadline.
+    pub fn armed(&self) -> bool {
+        !self.armed.is_empty()
+    }
+
+    /// Fires every held interrupt whose deadline passed (all of them if
+    /// `all`); returns how many are still held.
+    pub fn fire_due(&mut self, all: bool) -> usize {
+        let now = tsc::now();
+        self.armed.retain(|a| {
+            let mut s = a.func.rx(0).lock();
+            if s.irq_pending == 0 {
+                return false;
+            }
+            let (usecs, _) = a.func.moderation();
+            let deadline = s.irq_since + usecs as u64 * tsc::hz() / 1_000_000;
+            if !all && now < deadline {
+                return true;
+            }
+            if s.interrupt() {
+                a.func.counters.interrupts.inc();
+            }
+            false
+        });
+        self.armed.len()
+    }
 }
 
 enum Fill {

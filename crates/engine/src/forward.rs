@@ -54,6 +54,11 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// Held RX interrupts: fire those due; true while some are held.
+    pub fn fire_due_interrupts(&mut self) -> bool {
+        self.rx.fire_due(false) > 0
+    }
+
     /// Lets go of every tenant memory table the chains still refer to; the
     /// engine calls it whenever its queues change.
     pub fn release(&mut self) {
@@ -199,11 +204,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
     if ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);
     }
-    if ring.needs_interrupt() {
-        if let Some(call) = &s.call {
-            call.signal();
-            f.counters.interrupts.inc();
-        }
+    if s.interrupt() {
+        f.counters.interrupts.inc();
     }
     if let Some(kind) = fault {
         fault_queue(f, &mut s, kind, tx.index);

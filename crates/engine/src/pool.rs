@@ -523,6 +523,7 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         }
         let t = tsc::now();
         if work > 0 {
+            scratch.fire_due_interrupts();
             c.chains.fetch_add(work as u64, Ordering::Relaxed);
             last_work = Instant::now();
             c.busy_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
@@ -531,6 +532,12 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         }
         c.idle_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
         t_prev = t;
+        // Moderated interrupts held back: fire those due, and keep polling
+        // (never sleep) while any is held.
+        if scratch.fire_due_interrupts() {
+            std::hint::spin_loop();
+            continue;
+        }
         if last_work.elapsed() < config.idle_spin {
             std::hint::spin_loop();
             continue;

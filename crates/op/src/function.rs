@@ -34,6 +34,12 @@ pub struct FunctionSettings {
     pub link: LinkState,
     /// Path of the vhost-user socket.
     pub socket: PathBuf,
+    /// Interrupt moderation (ethtool `rx-usecs`): hold an RX interrupt at
+    /// most this long to coalesce frames; 0 = interrupt at once.
+    pub rx_usecs: u32,
+    /// Interrupt moderation (ethtool `rx-frames`): raise the interrupt once
+    /// this many frames are pending, whatever `rx_usecs` says; 0 = no count.
+    pub rx_frames: u32,
 }
 
 /// Work done on one queue pair's TX queue, for load-based placement.
@@ -59,6 +65,8 @@ pub struct Function {
     settings: RwLock<FunctionSettings>,
     mtu: AtomicU16,
     link_up: AtomicBool,
+    /// `rx_usecs` in the high 32 bits, `rx_frames` in the low 32.
+    moderation: AtomicU64,
     vrings: Vec<Vring>,
     loads: Vec<QueueLoad>,
     queue_pairs: u16,
@@ -83,6 +91,7 @@ impl Function {
             counters: VfCounters::default(),
             mtu: AtomicU16::new(settings.mtu),
             link_up: AtomicBool::new(settings.link == LinkState::Up),
+            moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
@@ -117,6 +126,14 @@ impl Function {
         f(&mut s);
         self.mtu.store(s.mtu, Ordering::Relaxed);
         self.link_up.store(s.link == LinkState::Up, Ordering::Relaxed);
+        self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
+    }
+
+    /// Interrupt moderation: (`rx_usecs`, `rx_frames`), fast path read.
+    #[inline]
+    pub fn moderation(&self) -> (u32, u32) {
+        let m = self.moderation.load(Ordering::Relaxed);
+        ((m >> 32) as u32, m as u32)
     }
 
     /// Administrative link up (fast path read).
@@ -243,7 +260,14 @@ mod tests {
     fn f() -> Function {
         Function::new(
             VfId(3),
-            FunctionSettings { mac: MacAddr::for_vf(3), mtu: 1500, link: LinkState::Up, socket: "x".into() },
+            FunctionSettings {
+                mac: MacAddr::for_vf(3),
+                mtu: 1500,
+                link: LinkState::Up,
+                socket: "x".into(),
+                rx_usecs: 0,
+                rx_frames: 0,
+            },
             2,
         )
     }

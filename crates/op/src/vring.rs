@@ -36,6 +36,11 @@ pub struct VringState {
     /// `RING_PACKED` negotiated: the queue uses the packed layout.
     pub packed: bool,
     mem: Option<Arc<GuestMemory>>,
+    /// Frames completed on this (RX) ring since its last interrupt, while
+    /// moderation holds the interrupt back.
+    pub irq_pending: u32,
+    /// TSC time of the first of those frames.
+    pub irq_since: u64,
     /// The mapped ring, present while started with valid addresses.
     pub ring: Option<Virtqueue>,
 }
@@ -97,6 +102,24 @@ impl VringState {
     /// Back to the state of a fresh connection.
     pub fn reset(&mut self) {
         *self = VringState::default();
+    }
+
+    /// Raises the interrupt the driver asked for (EVENT_IDX or flags) for
+    /// everything published so far; returns whether one was sent.
+    pub fn interrupt(&mut self) -> bool {
+        self.irq_pending = 0;
+        self.irq_since = 0;
+        let Some(ring) = self.ring.as_mut() else { return false };
+        if !ring.needs_interrupt() {
+            return false;
+        }
+        match &self.call {
+            Some(call) => {
+                call.signal();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Marks the queue faulted and tells the tenant on its error line.

@@ -15,6 +15,8 @@
 //! socket = "/tmp/vf0.sock"
 //! mtu = 1500
 //! link = "up"
+//! rx_usecs = 50            # interrupt moderation (ethtool -C rx-usecs), 0 = off
+//! rx_frames = 32           # ... or once this many frames are pending
 //! ```
 
 use std::collections::HashSet;
@@ -76,6 +78,10 @@ pub struct VfConfig {
     pub mtu: Option<u16>,
     /// Administrative link state (default up).
     pub link: Option<LinkState>,
+    /// Interrupt moderation time in microseconds (default 0: off).
+    pub rx_usecs: Option<u32>,
+    /// Interrupt moderation frame count (default 0: off).
+    pub rx_frames: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +113,10 @@ pub struct VfSettings {
     pub mtu: u16,
     /// Link state.
     pub link: LinkState,
+    /// Interrupt moderation time (microseconds, 0 = off).
+    pub rx_usecs: u32,
+    /// Interrupt moderation frame count (0 = off).
+    pub rx_frames: u32,
 }
 
 /// The adapter's configuration.
@@ -194,6 +204,8 @@ impl Config {
                 socket: run_dir.join(format!("vf{id}.sock")),
                 mtu: DEFAULT_MTU,
                 link: LinkState::Up,
+                rx_usecs: 0,
+                rx_frames: 0,
             })
             .collect();
         let mut seen = HashSet::new();
@@ -227,6 +239,15 @@ impl Config {
             }
             if let Some(l) = v.link {
                 s.link = l;
+            }
+            if let Some(u) = v.rx_usecs {
+                if u > 1_000_000 {
+                    return Err(invalid(span, format!("vf {}: rx_usecs {u} is above 1000000 (1 s)", v.id)));
+                }
+                s.rx_usecs = u;
+            }
+            if let Some(n) = v.rx_frames {
+                s.rx_frames = n;
             }
         }
         let mut macs = HashSet::new();
@@ -267,6 +288,8 @@ impl Config {
             socket: self.run_dir.join(format!("vf{id}.sock")),
             mtu: DEFAULT_MTU,
             link: LinkState::Up,
+            rx_usecs: 0,
+            rx_frames: 0,
         }
     }
 }

@@ -17,6 +17,10 @@ use vfnic_types::{LinkState, MacAddr, VfCountersSnapshot, VfId};
 
 use crate::config::{Config, VfSettings};
 
+/// Longest interrupt hold: one second (a latency no network stack wants,
+/// but ethtool accepts long holds too).
+pub const MAX_RX_USECS: u32 = 1_000_000;
+
 /// A control-plane operation that failed.
 #[derive(Debug, Error)]
 pub enum PfError {
@@ -64,6 +68,10 @@ pub struct VfInfo {
     pub queue_pairs: u16,
     /// Engine serving each queue pair.
     pub engines: Vec<usize>,
+    /// Interrupt moderation: hold RX interrupts up to this long.
+    pub rx_usecs: u32,
+    /// Interrupt moderation: or until this many frames are pending.
+    pub rx_frames: u32,
 }
 
 /// One VF's line in `vfnic stats`.
@@ -102,6 +110,12 @@ pub struct VfChange {
     /// New administrative link state.
     #[serde(default)]
     pub link: Option<LinkState>,
+    /// New interrupt moderation time (microseconds).
+    #[serde(default)]
+    pub rx_usecs: Option<u32>,
+    /// New interrupt moderation frame count.
+    #[serde(default)]
+    pub rx_frames: Option<u32>,
 }
 
 /// The adapter.
@@ -148,7 +162,14 @@ impl Pf {
     fn add_vf(&self, s: &VfSettings) -> Result<(), PfError> {
         let func = Arc::new(Function::new(
             VfId(s.id),
-            FunctionSettings { mac: s.mac, mtu: s.mtu, link: s.link, socket: s.socket.clone() },
+            FunctionSettings {
+                mac: s.mac,
+                mtu: s.mtu,
+                link: s.link,
+                socket: s.socket.clone(),
+                rx_usecs: s.rx_usecs,
+                rx_frames: s.rx_frames,
+            },
             self.config.queue_pairs,
         ));
         self.fabric.attach(func.clone());
@@ -173,6 +194,8 @@ impl Pf {
             faulted: v.func.faulted(),
             queue_pairs: v.func.queue_pairs(),
             engines: self.engines.engines_of(v.func.id),
+            rx_usecs: s.rx_usecs,
+            rx_frames: s.rx_frames,
         }
     }
 
@@ -198,6 +221,9 @@ impl Pf {
                 return Err(PfError::Invalid(format!("mac {mac} is already VF {}'s", other.func.id.0)));
             }
         }
+        if change.rx_usecs.is_some_and(|u| u > MAX_RX_USECS) {
+            return Err(PfError::Invalid(format!("rx-usecs must be at most {MAX_RX_USECS}")));
+        }
         let old = v.func.settings();
         v.func.update_settings(|s| {
             if let Some(mac) = change.mac {
@@ -205,6 +231,12 @@ impl Pf {
             }
             if let Some(link) = change.link {
                 s.link = link;
+            }
+            if let Some(u) = change.rx_usecs {
+                s.rx_usecs = u;
+            }
+            if let Some(n) = change.rx_frames {
+                s.rx_frames = n;
             }
         });
         if let Some(mac) = change.mac {

@@ -109,8 +109,8 @@ fn parse_settings(words: &[String]) -> Result<VfChange> {
             "mac" => change.mac = Some(value.parse::<MacAddr>()?),
             "link" => {
                 change.link = Some(match value.as_str() {
-                    "up" => LinkState::Up,
-                    "down" => LinkState::Down,
+                    "up" => LinkState::Auto,
+                    "down" => LinkState::Disable,
                     other => bail!("link must be `up` or `down`, not `{other}`"),
                 })
             }
@@ -236,7 +236,7 @@ mod tests {
     fn ip_link_style_settings() {
         let c = parse_settings(&words("mac 02:00:00:00:00:05 link down")).unwrap();
         assert_eq!(c.mac, Some("02:00:00:00:00:05".parse().unwrap()));
-        assert_eq!(c.link, Some(LinkState::Down));
+        assert_eq!(c.link, Some(LinkState::Disable));
         assert!(parse_settings(&words("link sideways")).is_err());
         assert!(parse_settings(&words("mac")).is_err());
         assert!(parse_settings(&words("speed 10")).is_err());

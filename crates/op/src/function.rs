@@ -23,15 +23,33 @@ impl DataPlaneHooks for NoHooks {
     fn queues_changed(&self, _vf: VfId) {}
 }
 
-/// Administrator-owned settings of a function.
+/// Administrator-owned settings of a function: the vocabulary of
+/// `ip link set DEV vf N ...` plus the vhost-user socket and moderation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionSettings {
     /// The VF's MAC address (what the switch forwards to).
     pub mac: MacAddr,
     /// Largest frame payload (IP packet) the VF may send or receive.
     pub mtu: u16,
-    /// Administrative link state.
+    /// Administrative link state (`state auto|enable|disable`).
     pub link: LinkState,
+    /// Port VLAN (`vlan`, 1-4094; 0 = none): the VF's frames are classified
+    /// into it and delivered to it untagged.
+    pub vlan: u16,
+    /// 802.1p priority of the port VLAN tag (`qos`, 0-7).
+    pub qos: u8,
+    /// Drop frames whose source MAC is not the VF's (`spoofchk`).
+    pub spoofchk: bool,
+    /// Trusted VF (`trust`): may use promiscuous mode, other MACs and tags.
+    pub trust: bool,
+    /// Receive a copy of all traffic of its VLAN (`promisc`; trusted only).
+    pub promisc: bool,
+    /// Maximum transmit rate in Mbit/s (`max_tx_rate`; 0 = unlimited).
+    pub max_tx_rate: u32,
+    /// Guaranteed transmit rate in Mbit/s under contention (`min_tx_rate`).
+    pub min_tx_rate: u32,
+    /// Share of what is left under contention (`weight`, >= 1).
+    pub weight: u32,
     /// Path of the vhost-user socket.
     pub socket: PathBuf,
     /// Interrupt moderation (ethtool `rx-usecs`): hold an RX interrupt at
@@ -40,6 +58,49 @@ pub struct FunctionSettings {
     /// Interrupt moderation (ethtool `rx-frames`): raise the interrupt once
     /// this many frames are pending, whatever `rx_usecs` says; 0 = no count.
     pub rx_frames: u32,
+}
+
+impl FunctionSettings {
+    /// Defaults for VF `mac` on `socket`: link auto, no VLAN, spoof check
+    /// on (as on SR-IOV NICs), untrusted, no rate limits, weight 1.
+    pub fn new(mac: MacAddr, socket: PathBuf) -> FunctionSettings {
+        FunctionSettings {
+            mac,
+            mtu: 1500,
+            link: LinkState::Auto,
+            vlan: 0,
+            qos: 0,
+            spoofchk: true,
+            trust: false,
+            promisc: false,
+            max_tx_rate: 0,
+            min_tx_rate: 0,
+            weight: 1,
+            socket,
+            rx_usecs: 0,
+            rx_frames: 0,
+        }
+    }
+}
+
+/// The part of the settings the data path applies per frame, copied out
+/// once per burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The VF's MAC.
+    pub mac: MacAddr,
+    /// Port VLAN (0 = none).
+    pub vlan: u16,
+    /// Port VLAN priority.
+    pub qos: u8,
+    /// Spoof check on.
+    pub spoofchk: bool,
+    /// Trusted.
+    pub trust: bool,
+    /// Promiscuous (only honoured when trusted).
+    pub promisc: bool,
+    /// Traffic passes (state is not disable).
+    pub enabled: bool,
 }
 
 /// Work done on one queue pair's TX queue, for load-based placement.
@@ -90,7 +151,7 @@ impl Function {
             id,
             counters: VfCounters::default(),
             mtu: AtomicU16::new(settings.mtu),
-            link_up: AtomicBool::new(settings.link == LinkState::Up),
+            link_up: AtomicBool::new(settings.link.passes_traffic()),
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
@@ -125,7 +186,7 @@ impl Function {
         let mut s = self.settings.write().unwrap_or_else(|e| e.into_inner());
         f(&mut s);
         self.mtu.store(s.mtu, Ordering::Relaxed);
-        self.link_up.store(s.link == LinkState::Up, Ordering::Relaxed);
+        self.link_up.store(s.link.passes_traffic(), Ordering::Relaxed);
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
     }
 
@@ -134,6 +195,20 @@ impl Function {
     pub fn moderation(&self) -> (u32, u32) {
         let m = self.moderation.load(Ordering::Relaxed);
         ((m >> 32) as u32, m as u32)
+    }
+
+    /// The data-path policy, copied out (one read lock).
+    pub fn policy(&self) -> Policy {
+        let s = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        Policy {
+            mac: s.mac,
+            vlan: s.vlan,
+            qos: s.qos,
+            spoofchk: s.spoofchk,
+            trust: s.trust,
+            promisc: s.promisc && s.trust,
+            enabled: s.link.passes_traffic(),
+        }
     }
 
     /// Administrative link up (fast path read).
@@ -245,7 +320,7 @@ impl Function {
         let s = self.settings();
         let mut c = [0u8; 12];
         c[..6].copy_from_slice(&s.mac.0);
-        let status = if s.link == LinkState::Up { NET_S_LINK_UP } else { 0 };
+        let status = if s.link.passes_traffic() { NET_S_LINK_UP } else { 0 };
         c[6..8].copy_from_slice(&status.to_le_bytes());
         c[8..10].copy_from_slice(&self.queue_pairs.to_le_bytes());
         c[10..12].copy_from_slice(&s.mtu.to_le_bytes());
@@ -258,18 +333,7 @@ mod tests {
     use super::*;
 
     fn f() -> Function {
-        Function::new(
-            VfId(3),
-            FunctionSettings {
-                mac: MacAddr::for_vf(3),
-                mtu: 1500,
-                link: LinkState::Up,
-                socket: "x".into(),
-                rx_usecs: 0,
-                rx_frames: 0,
-            },
-            2,
-        )
+        Function::new(VfId(3), FunctionSettings::new(MacAddr::for_vf(3), "x".into()), 2)
     }
 
     #[test]
@@ -287,7 +351,7 @@ mod tests {
         let c = f.config_space();
         assert_eq!(&c[..6], &MacAddr::for_vf(3).0);
         assert_eq!(u16::from_le_bytes([c[6], c[7]]), 1);
-        f.update_settings(|s| s.link = LinkState::Down);
+        f.update_settings(|s| s.link = LinkState::Disable);
         assert!(!f.link_up());
         assert_eq!(u16::from_le_bytes([f.config_space()[6], 0]), 0);
     }

@@ -24,5 +24,5 @@ pub mod function;
 pub mod vring;
 
 pub use fd::Doorbell;
-pub use function::{DataPlaneHooks, Function, FunctionSettings, NoHooks, QueueLoad};
+pub use function::{DataPlaneHooks, Function, FunctionSettings, NoHooks, Policy, QueueLoad};
 pub use vring::{Vring, VringState};

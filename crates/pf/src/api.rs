@@ -175,7 +175,7 @@ mod tests {
             serde_json::from_str(r#"{"cmd":"vf_set","vf":1,"link":"down","mac":"02:00:00:00:00:09"}"#).unwrap();
         let Request::VfSet { vf, change } = r else { panic!() };
         assert_eq!(vf, 1);
-        assert_eq!(change.link, Some(vfnic_types::LinkState::Down));
+        assert_eq!(change.link, Some(vfnic_types::LinkState::Disable));
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"vf_set","vf":1,"mac":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
         assert_eq!(serde_json::to_string(&Request::Stats).unwrap(), r#"{"cmd":"stats"}"#);

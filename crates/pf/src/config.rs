@@ -203,7 +203,7 @@ impl Config {
                 mac: MacAddr::for_vf(id),
                 socket: run_dir.join(format!("vf{id}.sock")),
                 mtu: DEFAULT_MTU,
-                link: LinkState::Up,
+                link: LinkState::Auto,
                 rx_usecs: 0,
                 rx_frames: 0,
             })
@@ -287,7 +287,7 @@ impl Config {
             mac: MacAddr::for_vf(id),
             socket: self.run_dir.join(format!("vf{id}.sock")),
             mtu: DEFAULT_MTU,
-            link: LinkState::Up,
+            link: LinkState::Auto,
             rx_usecs: 0,
             rx_frames: 0,
         }
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(c.engines, 2);
         assert_eq!(c.vfs[1].mac.to_string(), "02:00:00:00:00:07");
         assert_eq!(c.vfs[1].mtu, 9000);
-        assert_eq!(c.vfs[1].link, LinkState::Down);
+        assert_eq!(c.vfs[1].link, LinkState::Disable);
         assert_eq!(c.vfs[0].socket, PathBuf::from("/tmp/x/vf0.sock"));
     }
 

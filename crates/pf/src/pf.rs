@@ -163,12 +163,11 @@ impl Pf {
         let func = Arc::new(Function::new(
             VfId(s.id),
             FunctionSettings {
-                mac: s.mac,
                 mtu: s.mtu,
                 link: s.link,
-                socket: s.socket.clone(),
                 rx_usecs: s.rx_usecs,
                 rx_frames: s.rx_frames,
+                ..FunctionSettings::new(s.mac, s.socket.clone())
             },
             self.config.queue_pairs,
         ));

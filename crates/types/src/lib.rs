@@ -28,13 +28,38 @@ impl std::fmt::Display for VfId {
 /// Most VFs one physical function may carry (as `ICE_MAX_SRIOV_VFS`).
 pub const MAX_VFS: u16 = 256;
 
-/// Link state of a function as the administrator sets it (`ip link ... state`).
+/// Link state of a function as the administrator sets it
+/// (`ip link set DEV vf N state auto|enable|disable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
-    /// The link follows the tenant's connection.
+    /// The link follows the tenant's connection (`up` is accepted too).
     #[default]
-    Up,
-    /// Administratively down: no traffic either way.
-    Down,
+    #[serde(alias = "up")]
+    Auto,
+    /// Forced up.
+    Enable,
+    /// Administratively down: no traffic either way (`down` is accepted too).
+    #[serde(alias = "down")]
+    Disable,
+}
+
+impl LinkState {
+    /// True unless disabled.
+    pub fn passes_traffic(self) -> bool {
+        self != LinkState::Disable
+    }
+}
+
+impl std::str::FromStr for LinkState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" | "up" => Ok(LinkState::Auto),
+            "enable" => Ok(LinkState::Enable),
+            "disable" | "down" => Ok(LinkState::Disable),
+            other => Err(format!("state must be auto, enable or disable, not `{other}`")),
+        }
+    }
 }

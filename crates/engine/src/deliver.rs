@@ -33,23 +33,164 @@ impl RxScratch {
     }
 }
 
-/// A frame to deliver: the sender's walked TX chain, where the Ethernet
-/// frame starts in it, and the frame's length.
+/// Where a frame's bytes come from.
 #[derive(Clone, Copy)]
-pub struct Frame<'a> {
-    /// The sender's TX chain.
-    pub chain: &'a Chain,
-    /// Bytes of virtio-net header before the frame.
-    pub offset: u64,
-    /// Ethernet frame length.
-    pub len: u64,
+pub enum Source<'a> {
+    /// A sender's walked TX chain; the Ethernet frame starts `offset` bytes
+    /// in (after the sender's virtio-net header). Copied straight from the
+    /// sender's buffers.
+    Chain {
+        /// The chain.
+        chain: &'a Chain,
+        /// Bytes of virtio-net header before the frame.
+        offset: u64,
+    },
+    /// A buffer of the daemon's own (a frame from an uplink, a GRO or GSO
+    /// product).
+    Bytes(&'a [u8]),
 }
 
-impl Frame<'_> {
-    fn cursor(&self) -> Cursor<'_> {
-        let mut c = Cursor::new(self.chain);
-        c.skip(self.offset);
-        c
+/// An 802.1Q tag edit applied while copying (port VLAN strip on delivery to
+/// a VLAN's VF, insert toward a trunk or an uplink).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagEdit {
+    /// Copy as is.
+    Keep,
+    /// Drop the 4 tag bytes after the MAC addresses.
+    Strip,
+    /// Insert these 4 tag bytes (TPID + TCI) after the MAC addresses.
+    Insert([u8; 4]),
+}
+
+/// A frame to deliver.
+#[derive(Clone, Copy)]
+pub struct Frame<'a> {
+    /// Its bytes.
+    pub src: Source<'a>,
+    /// Ethernet frame length in the source.
+    pub len: u64,
+    /// Tag edit on the way.
+    pub tag: TagEdit,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame from a sender's TX chain, copied as is.
+    pub fn from_chain(chain: &'a Chain, offset: u64, len: u64) -> Frame<'a> {
+        Frame { src: Source::Chain { chain, offset }, len, tag: TagEdit::Keep }
+    }
+
+    /// A frame from the daemon's own buffer, copied as is.
+    pub fn from_bytes(bytes: &'a [u8]) -> Frame<'a> {
+        Frame { src: Source::Bytes(bytes), len: bytes.len() as u64, tag: TagEdit::Keep }
+    }
+
+    /// The same frame with a tag edit.
+    pub fn with_tag(self, tag: TagEdit) -> Frame<'a> {
+        Frame { tag, ..self }
+    }
+
+    /// Length as delivered (after the tag edit).
+    pub fn out_len(&self) -> u64 {
+        match self.tag {
+            TagEdit::Keep => self.len,
+            TagEdit::Strip => self.len.saturating_sub(4),
+            TagEdit::Insert(_) => self.len + 4,
+        }
+    }
+
+    fn revoked(&self) -> bool {
+        match self.src {
+            Source::Chain { chain, .. } => chain.revoked(),
+            Source::Bytes(_) => false,
+        }
+    }
+
+    fn reader(&self) -> Reader<'a> {
+        let src = match self.src {
+            Source::Chain { chain, offset } => {
+                let mut c = Cursor::new(chain);
+                c.skip(offset);
+                SrcCursor::Chain(c)
+            }
+            Source::Bytes(b) => SrcCursor::Bytes(b, 0),
+        };
+        let (insert, strip) = match self.tag {
+            TagEdit::Keep => (None, false),
+            TagEdit::Strip => (None, true),
+            TagEdit::Insert(t) => (Some((t, 0)), false),
+        };
+        Reader { src, left: self.len, head: 12, insert, strip }
+    }
+}
+
+enum SrcCursor<'a> {
+    Chain(Cursor<'a>),
+    Bytes(&'a [u8], usize),
+}
+
+/// Produces a frame's delivered bytes: its first 12 (the MAC addresses),
+/// then the tag edit, then the rest.
+struct Reader<'a> {
+    src: SrcCursor<'a>,
+    /// Source bytes not yet consumed.
+    left: u64,
+    /// Source bytes still to copy before the edit point.
+    head: u64,
+    insert: Option<([u8; 4], usize)>,
+    strip: bool,
+}
+
+impl Reader<'_> {
+    fn copy_src(&mut self, dst: &mut Cursor<'_>, n: u64) -> u64 {
+        let n = n.min(self.left);
+        let done = match &mut self.src {
+            SrcCursor::Chain(c) => copy(c, dst, n),
+            SrcCursor::Bytes(b, off) => {
+                let k = dst.scatter(&b[*off..*off + n as usize]);
+                *off += k;
+                k as u64
+            }
+        };
+        self.left -= done;
+        done
+    }
+
+    /// Writes up to `budget` delivered bytes into `dst`; returns how many.
+    fn pump(&mut self, dst: &mut Cursor<'_>, budget: u64) -> u64 {
+        let mut total = 0;
+        while total < budget {
+            let room = budget - total;
+            let n = if self.head > 0 {
+                let n = self.copy_src(dst, self.head.min(room));
+                self.head -= n;
+                n
+            } else if let Some((tag, off)) = &mut self.insert {
+                let k = dst.scatter(&tag[*off..(*off + room as usize).min(4)]);
+                *off += k;
+                if *off == 4 {
+                    self.insert = None;
+                }
+                k as u64
+            } else if self.strip {
+                self.strip = false;
+                let skip = self.left.min(4);
+                match &mut self.src {
+                    SrcCursor::Chain(c) => {
+                        c.skip(skip);
+                    }
+                    SrcCursor::Bytes(_, off) => *off += skip as usize,
+                }
+                self.left -= skip;
+                continue;
+            } else {
+                self.copy_src(dst, room)
+            };
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
     }
 }
 
@@ -96,7 +237,7 @@ pub fn deliver_group<'f>(
         match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
             Ok(()) => {
                 packets += 1;
-                bytes += frame.len;
+                bytes += frame.out_len();
             }
             Err(Fill::Drop(r)) => dest.counters.drop_frames(r, 1),
             Err(Fill::Fault(kind)) => {
@@ -197,7 +338,7 @@ fn fill(
     indirect: bool,
     scratch: &mut RxScratch,
 ) -> Result<(), Fill> {
-    let need = hdr_len + frame.len;
+    let need = hdr_len + frame.out_len();
     let max = if mergeable { MAX_MERGE } else { 1 };
     let mut taken = 0usize;
     let mut capacity = 0u64;
@@ -240,8 +381,8 @@ fn fill(
     // virtio_net_hdr: no offloads, num_buffers = buffers used.
     let mut hdr = [0u8; 12];
     hdr[10..12].copy_from_slice(&(taken as u16).to_le_bytes());
-    let mut src = frame.cursor();
-    let mut left = frame.len;
+    let mut src = frame.reader();
+    let mut left = frame.out_len();
     let mut written = [0u32; MAX_MERGE];
     for (i, c) in scratch.chains[..taken].iter().enumerate() {
         let mut dst = Cursor::new(c);
@@ -249,11 +390,11 @@ fn fill(
         if i == 0 {
             n += dst.scatter(&hdr[..hdr_len as usize]) as u64;
         }
-        let copied = copy(&mut src, &mut dst, left);
+        let copied = src.pump(&mut dst, left);
         left -= copied;
         written[i] = (n + copied) as u32;
     }
-    if frame.chain.revoked() {
+    if frame.revoked() {
         // The sender's memory vanished under the copy: what we read may be
         // zeros, so the receiver gets its buffers back empty instead.
         for c in &scratch.chains[..taken] {

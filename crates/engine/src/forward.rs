@@ -187,7 +187,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
         };
         let frames = scratch.tx[..n].iter().zip(&scratch.dest).filter_map(|(chain, &(d, len))| {
             let to_p = d == Dest::Port(p) || (d == Dest::Flood && dest.connected());
-            to_p.then_some(Frame { chain, offset: hdr_len, len })
+            to_p.then_some(Frame::from_chain(chain, hdr_len, len))
         });
         deliver_group(dest, frames, &mut scratch.rx);
     }

@@ -7,11 +7,11 @@
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::Cursor;
 use vfnic_dma::{Chain, PopError};
-use vfnic_op::{features, Function};
+use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, MacAddr};
 
-use crate::deliver::{deliver_group, fault_queue, Frame, RxScratch};
+use crate::deliver::{deliver_group, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
 
 /// Most chains taken from one TX queue before the engine moves on.
@@ -20,6 +20,21 @@ pub const BURST: usize = 64;
 const ETH_HLEN: u64 = 14;
 /// Room for a VLAN tag on top of the MTU.
 const VLAN_HLEN: u64 = 4;
+
+/// `ETH_P_8021Q`.
+const ETH_P_8021Q: u16 = 0x8100;
+
+/// One frame of the burst after classification.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    dest: Dest,
+    /// Ethernet frame length.
+    len: u64,
+    /// VLAN it belongs to (0 = untagged).
+    domain: u16,
+    /// The frame carries an 802.1Q tag.
+    tagged: bool,
+}
 
 /// Where one frame of the burst goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +50,9 @@ enum Dest {
 /// Per-engine reusable state: a burst allocates nothing.
 pub struct Scratch {
     tx: Vec<Chain>,
-    dest: Vec<(Dest, u64)>,
-    learn: Vec<MacAddr>,
-    ports: Vec<u16>,
+    dest: Vec<Meta>,
+    learn: Vec<(u16, MacAddr)>,
+    ports: Vec<(u16, Policy)>,
     rx: RxScratch,
 }
 
@@ -98,10 +113,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
         return 0;
     }
 
-    // 2. Classify: drops before the switch, then one read of the table.
+    // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
+    // the forwarding table for the burst.
     let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
-    let link_up = f.link_up();
+    let pol = f.policy();
     let ingress = port_of(f);
     let now_ms = fabric.now_ms();
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
@@ -111,37 +127,49 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
         let mut last_src = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
-            let drop = if chain.len() < hdr_len + ETH_HLEN {
+            let nowhere = Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false };
+            let len = chain.len().saturating_sub(hdr_len);
+            let mut eth = [0u8; 16];
+            if chain.len() >= hdr_len + ETH_HLEN {
+                let mut cur = Cursor::new(chain);
+                cur.skip(hdr_len);
+                cur.gather(&mut eth);
+            }
+            let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
+            let src = MacAddr::from_slice(&eth[6..12]).expect("6 bytes");
+            let tagged = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_8021Q;
+            let vid = u16::from_be_bytes([eth[14], eth[15]]) & 0x0fff;
+            let drop = if len < ETH_HLEN || (tagged && len < ETH_HLEN + VLAN_HLEN) {
                 Some(DropReason::TxRunt)
-            } else if chain.len() - hdr_len > max_frame {
+            } else if len > max_frame {
                 Some(DropReason::TxOversize)
-            } else if !link_up {
+            } else if !pol.enabled {
                 Some(DropReason::TxLinkDown)
+            } else if pol.spoofchk && src != pol.mac {
+                Some(DropReason::TxSpoofed)
+            } else if tagged && (pol.vlan != 0 || !pol.trust) {
+                // A port-VLAN VF is not a trunk, and only a trusted VF may
+                // put its frames into a VLAN of its choosing.
+                Some(DropReason::TxVlan)
             } else {
                 None
             };
             if let Some(r) = drop {
                 f.counters.drop_frames(r, 1);
-                scratch.dest.push((Dest::Nowhere, 0));
+                scratch.dest.push(nowhere);
                 continue;
             }
-            let len = chain.len() - hdr_len;
-            let mut eth = [0u8; 12];
-            let mut cur = Cursor::new(chain);
-            cur.skip(hdr_len);
-            cur.gather(&mut eth);
-            let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
-            let src = MacAddr::from_slice(&eth[6..]).expect("6 bytes");
+            let domain = if pol.vlan != 0 { pol.vlan } else if tagged { vid } else { 0 };
             // Frames of a burst mostly share their source: look it up once.
-            if last_src != Some(src) {
-                last_src = Some(src);
-                if !fdb.is_learned(src, ingress, now_ms) && !scratch.learn.contains(&src) {
-                    scratch.learn.push(src);
+            if last_src != Some((domain, src)) {
+                last_src = Some((domain, src));
+                if !fdb.is_learned_vlan(domain, src, ingress, now_ms) && !scratch.learn.contains(&(domain, src)) {
+                    scratch.learn.push((domain, src));
                 }
             }
             tx_packets += 1;
             tx_bytes += len;
-            let dest = match fdb.forward(ingress, dst) {
+            let dest = match fdb.forward_vlan(ingress, domain, dst) {
                 Forward::Unicast(p) => Dest::Port(p.0),
                 Forward::Flood => Dest::Flood,
                 Forward::Hairpin => {
@@ -149,45 +177,68 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
                     Dest::Nowhere
                 }
             };
-            scratch.dest.push((dest, len));
+            scratch.dest.push(Meta { dest, len, domain, tagged });
         }
     }
     if !scratch.learn.is_empty() {
         let mut fdb = fabric.fdb();
-        for src in &scratch.learn {
-            fdb.learn(*src, ingress, now_ms);
+        for (vlan, src) in &scratch.learn {
+            fdb.learn_vlan(*vlan, *src, ingress, now_ms);
         }
     }
 
-    // 3. Deliver per destination, in order of first appearance. Nothing is
-    // delivered from memory the tenant revoked under us.
+    // 3. Deliver per destination, in order of first appearance: unicast
+    // targets, flood targets, and trusted promiscuous VFs (mirrors), each
+    // only within the frame's VLAN. Nothing is delivered from memory the
+    // tenant revoked under us.
     let ports = fabric.ports();
     scratch.ports.clear();
     if ring.mem().revoked() {
-        scratch.dest.iter_mut().for_each(|d| d.0 = Dest::Nowhere);
+        scratch.dest.iter_mut().for_each(|m| m.dest = Dest::Nowhere);
     }
-    for (d, _) in &scratch.dest {
-        match *d {
-            Dest::Port(p) if !scratch.ports.contains(&p) => scratch.ports.push(p),
-            Dest::Flood => {
-                for dest in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
-                    if !scratch.ports.contains(&dest.id.0) {
-                        scratch.ports.push(dest.id.0);
+    let mut any_flood = false;
+    let mut any_unicast = false;
+    for m in &scratch.dest {
+        match m.dest {
+            Dest::Port(p) => {
+                any_unicast = true;
+                if !scratch.ports.iter().any(|(q, _)| *q == p) {
+                    if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
+                        scratch.ports.push((p, d.policy()));
+                    } else {
+                        f.counters.drop_frames(DropReason::RxNotReady, 1);
                     }
                 }
             }
-            _ => {}
+            Dest::Flood => any_flood = true,
+            Dest::Nowhere => {}
         }
     }
-    for &p in &scratch.ports {
-        let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else {
-            let lost = scratch.dest.iter().filter(|(d, _)| *d == Dest::Port(p)).count();
-            f.counters.drop_frames(DropReason::RxNotReady, lost as u64);
-            continue;
-        };
-        let frames = scratch.tx[..n].iter().zip(&scratch.dest).filter_map(|(chain, &(d, len))| {
-            let to_p = d == Dest::Port(p) || (d == Dest::Flood && dest.connected());
-            to_p.then_some(Frame::from_chain(chain, hdr_len, len))
+    if any_flood || any_unicast {
+        for d in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
+            if scratch.ports.iter().any(|(q, _)| *q == d.id.0) {
+                continue;
+            }
+            let p = d.policy();
+            if any_flood || p.promisc {
+                scratch.ports.push((d.id.0, p));
+            }
+        }
+    }
+    for &(p, pp) in &scratch.ports {
+        let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
+        let connected = dest.connected();
+        let frames = scratch.tx[..n].iter().zip(&scratch.dest).filter_map(|(chain, m)| {
+            let to_p = match m.dest {
+                Dest::Port(q) => q == p || (pp.promisc && connected),
+                Dest::Flood => connected,
+                Dest::Nowhere => false,
+            };
+            if !to_p || pp.vlan != m.domain {
+                return None;
+            }
+            let tag = if m.tagged && pp.vlan != 0 { TagEdit::Strip } else { TagEdit::Keep };
+            Some(Frame::from_chain(chain, hdr_len, m.len).with_tag(tag))
         });
         deliver_group(dest, frames, &mut scratch.rx);
     }

@@ -5,6 +5,8 @@
 //! owns all threads. The data path asks [`Fdb::forward`] where a frame goes
 //! and tells [`Fdb::learn`] which source address it saw on which port.
 //!
+//! * Entries are keyed by (VLAN, MAC): each VLAN is its own broadcast
+//!   domain (VLAN 0 = untagged).
 //! * Each VF's own MAC is a *static* entry: learning never moves it.
 //! * Other unicast sources are learned (bounded table, aged out).
 //! * Broadcast, multicast and unknown unicast are flooded to every other port;
@@ -56,6 +58,21 @@ pub const DEFAULT_AGEING_MS: u64 = 300_000;
 /// cannot grow the daemon beyond it.
 pub const DEFAULT_MAX_LEARNED: usize = 4096;
 
+/// A forwarding-table key: VLAN (0 = untagged) and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// VLAN id (0 = untagged).
+    pub vlan: u16,
+    /// Address.
+    pub mac: MacAddr,
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.mac.to_u64() | (self.vlan as u64) << 48);
+    }
+}
+
 /// Hasher for MAC keys: one multiply of the 48-bit address (Fibonacci
 /// hashing). MAC addresses are not secret and the table is bounded, so
 /// SipHash's flood resistance buys nothing on this per-frame path.
@@ -78,7 +95,7 @@ impl Hasher for MacHasher {
     }
 }
 
-type MacMap<V> = HashMap<MacAddr, V, BuildHasherDefault<MacHasher>>;
+type MacMap<V> = HashMap<Key, V, BuildHasherDefault<MacHasher>>;
 
 /// The forwarding database.
 #[derive(Debug, Clone)]
@@ -102,16 +119,27 @@ impl Fdb {
         Fdb { statics: MacMap::default(), learned: MacMap::default(), max_learned, ageing_ms }
     }
 
-    /// Binds `mac` to `port` for good (a VF's own address). Replaces any
-    /// static or learned entry for `mac`.
+    /// Binds `mac` in VLAN 0 to `port` for good (see [`Fdb::set_static_vlan`]).
     pub fn set_static(&mut self, mac: MacAddr, port: PortId) {
-        self.learned.remove(&mac);
-        self.statics.insert(mac, port);
+        self.set_static_vlan(0, mac, port);
     }
 
-    /// Removes the static entry of `mac`, if any.
+    /// Binds (`vlan`, `mac`) to `port` for good (a VF's own address).
+    /// Replaces any static or learned entry for it.
+    pub fn set_static_vlan(&mut self, vlan: u16, mac: MacAddr, port: PortId) {
+        let k = Key { vlan, mac };
+        self.learned.remove(&k);
+        self.statics.insert(k, port);
+    }
+
+    /// Removes the static entry of `mac` in VLAN 0, if any.
     pub fn remove_static(&mut self, mac: MacAddr) {
-        self.statics.remove(&mac);
+        self.remove_static_vlan(0, mac);
+    }
+
+    /// Removes the static entry of (`vlan`, `mac`), if any.
+    pub fn remove_static_vlan(&mut self, vlan: u16, mac: MacAddr) {
+        self.statics.remove(&Key { vlan, mac });
     }
 
     /// Forgets every learned entry behind `port` (the tenant went away).
@@ -119,44 +147,68 @@ impl Fdb {
         self.learned.retain(|_, e| e.port != port);
     }
 
-    /// Looks up the port of a unicast address.
+    /// Looks up the port of a unicast address in VLAN 0.
     pub fn lookup(&self, mac: MacAddr) -> Option<PortId> {
-        self.statics.get(&mac).copied().or_else(|| self.learned.get(&mac).map(|e| e.port))
+        self.lookup_vlan(0, mac)
     }
 
-    /// Decides where a frame from `ingress` to `dst` goes.
+    /// Looks up the port of a unicast address in `vlan`.
+    #[inline]
+    pub fn lookup_vlan(&self, vlan: u16, mac: MacAddr) -> Option<PortId> {
+        let k = Key { vlan, mac };
+        self.statics.get(&k).copied().or_else(|| self.learned.get(&k).map(|e| e.port))
+    }
+
+    /// Decides where a frame from `ingress` to `dst` goes, in VLAN 0.
     pub fn forward(&self, ingress: PortId, dst: MacAddr) -> Forward {
+        self.forward_vlan(ingress, 0, dst)
+    }
+
+    /// Decides where a frame from `ingress` to `dst` in `vlan` goes.
+    #[inline]
+    pub fn forward_vlan(&self, ingress: PortId, vlan: u16, dst: MacAddr) -> Forward {
         if dst.is_multicast() {
             return Forward::Flood;
         }
-        match self.lookup(dst) {
+        match self.lookup_vlan(vlan, dst) {
             Some(p) if p == ingress => Forward::Hairpin,
             Some(p) => Forward::Unicast(p),
             None => Forward::Flood,
         }
     }
 
-    /// True when [`Fdb::learn`] would change nothing: lets the data path
-    /// check under a read lock and take the write lock only on a change.
+    /// [`Fdb::is_learned_vlan`] in VLAN 0.
     pub fn is_learned(&self, src: MacAddr, port: PortId, now_ms: u64) -> bool {
+        self.is_learned_vlan(0, src, port, now_ms)
+    }
+
+    /// True when [`Fdb::learn_vlan`] would change nothing: lets the data
+    /// path check under a read lock and take the write lock only on a change.
+    pub fn is_learned_vlan(&self, vlan: u16, src: MacAddr, port: PortId, now_ms: u64) -> bool {
         if !src.is_unicast() {
             return true;
         }
-        match self.statics.get(&src) {
+        let k = Key { vlan, mac: src };
+        match self.statics.get(&k) {
             Some(_) => true,
-            None => self
-                .learned
-                .get(&src)
-                .is_some_and(|e| e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2),
+            None => self.learned.get(&k).is_some_and(|e| {
+                e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2
+            }),
         }
     }
 
-    /// Records that `src` was seen on `port` at `now_ms`.
+    /// [`Fdb::learn_vlan`] in VLAN 0.
     pub fn learn(&mut self, src: MacAddr, port: PortId, now_ms: u64) -> Learn {
-        if !src.is_unicast() || self.statics.contains_key(&src) {
+        self.learn_vlan(0, src, port, now_ms)
+    }
+
+    /// Records that `src` was seen in `vlan` on `port` at `now_ms`.
+    pub fn learn_vlan(&mut self, vlan: u16, src: MacAddr, port: PortId, now_ms: u64) -> Learn {
+        let k = Key { vlan, mac: src };
+        if !src.is_unicast() || self.statics.contains_key(&k) {
             return Learn::Ignored;
         }
-        if let Some(e) = self.learned.get_mut(&src) {
+        if let Some(e) = self.learned.get_mut(&k) {
             let moved = e.port != port;
             *e = Learned { port, last_seen_ms: now_ms };
             return if moved { Learn::Learned } else { Learn::Known };
@@ -167,7 +219,7 @@ impl Fdb {
                 return Learn::Ignored;
             }
         }
-        self.learned.insert(src, Learned { port, last_seen_ms: now_ms });
+        self.learned.insert(k, Learned { port, last_seen_ms: now_ms });
         Learn::Learned
     }
 
@@ -182,13 +234,13 @@ impl Fdb {
         self.learned.len()
     }
 
-    /// Every entry as (address, port, is_static), sorted by address.
-    pub fn entries(&self) -> Vec<(MacAddr, PortId, bool)> {
+    /// Every entry as (key, port, is_static), sorted by VLAN and address.
+    pub fn entries(&self) -> Vec<(Key, PortId, bool)> {
         let mut v: Vec<_> = self
             .statics
             .iter()
-            .map(|(m, p)| (*m, *p, true))
-            .chain(self.learned.iter().map(|(m, e)| (*m, e.port, false)))
+            .map(|(k, p)| (*k, *p, true))
+            .chain(self.learned.iter().map(|(k, e)| (*k, e.port, false)))
             .collect();
         v.sort();
         v
@@ -263,6 +315,19 @@ mod tests {
         // Once the old ones age out there is room again.
         assert_eq!(f.learn(mac(3), P0, 1000), Learn::Learned);
         assert_eq!(f.learned_len(), 1);
+    }
+
+    #[test]
+    fn vlans_are_separate_domains() {
+        let mut f = Fdb::default();
+        let m = MacAddr::for_vf(5);
+        f.set_static_vlan(10, m, P0);
+        assert_eq!(f.forward_vlan(P1, 10, m), Forward::Unicast(P0));
+        assert_eq!(f.forward_vlan(P1, 20, m), Forward::Flood, "same MAC, other VLAN: unknown");
+        assert_eq!(f.forward(P1, m), Forward::Flood);
+        assert_eq!(f.learn_vlan(20, m, P2, 0), Learn::Learned, "not the static entry of VLAN 10");
+        assert_eq!(f.forward_vlan(P1, 20, m), Forward::Unicast(P2));
+        assert_eq!(f.forward_vlan(P1, 10, m), Forward::Unicast(P0));
     }
 
     #[test]

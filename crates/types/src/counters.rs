@@ -65,6 +65,14 @@ reasons! {
         TxLinkDown => "tx_dropped_link_down",
         /// Unicast to the sender itself (no hairpin on a VEB).
         TxHairpin => "tx_dropped_hairpin",
+        /// Source MAC not the VF's while spoof check is on.
+        TxSpoofed => "tx_dropped_spoofed",
+        /// An 802.1Q-tagged frame from a VF with a port VLAN, or from an
+        /// untrusted VF (no VLAN hopping).
+        TxVlan => "tx_dropped_vlan",
+        /// Held back by the VF's max_tx_rate and then given up (counted
+        /// only when frames are dropped, not when they wait).
+        TxRateLimited => "tx_dropped_rate_limited",
         /// The receiver had no RX buffer posted.
         RxNoBuffer => "rx_dropped_no_buffer",
         /// The receiver's buffer chain cannot hold the frame.
@@ -117,6 +125,9 @@ reasons! {
         /// The tenant shrank its memory file under the adapter (SIGBUS
         /// contained); its queues are faulted.
         MemoryRevoked => "memory_revoked",
+        /// A control-virtqueue (mailbox) command refused by PF policy or
+        /// malformed; answered with `VIRTIO_NET_ERR`.
+        MailboxRefused => "mailbox_refused",
     }
 }
 
@@ -227,6 +238,6 @@ mod tests {
         let s = c.snapshot();
         assert_eq!(s.tx_dropped + s.rx_dropped, DropReason::ALL.len() as u64);
         assert_eq!(s.errors.values().sum::<u64>(), ErrorKind::ALL.len() as u64);
-        assert_eq!(s.tx_dropped, 5);
+        assert_eq!(s.tx_dropped, 8);
     }
 }

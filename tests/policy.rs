@@ -1,0 +1,118 @@
+//! PF policy enforced in the switch (issue 4): spoof check, port VLAN,
+//! state, trusted promiscuous mirror.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{frame, vf_mac, Daemon};
+use vfnic_user::{Options, VirtioNet};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn attach(d: &Daemon, vf: u16) -> VirtioNet {
+    VirtioNet::connect(d.sock(vf), Options::default()).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+}
+
+fn drops(d: &Daemon, vf: u16, reason: &str) -> u64 {
+    d.counter(vf, &["drops", reason])
+}
+
+/// An 802.1Q-tagged frame with VLAN id `vid`.
+fn tagged(dst: [u8; 6], src: [u8; 6], vid: u16, len: usize, fill: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x81, 0x00]);
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.resize(len, fill);
+    f
+}
+
+#[test]
+fn spoof_check_drops_foreign_source_and_can_be_turned_off() {
+    let d = Daemon::start("num_vfs = 3\n[[vf]]\nid = 2\nspoofchk = \"off\"\n");
+    let (mut a, mut b, mut c) = (attach(&d, 0), attach(&d, 1), attach(&d, 2));
+    let foreign = [0x02, 0xee, 0, 0, 0, 1];
+    for i in 0..5 {
+        a.send(&frame(vf_mac(1), foreign, 64, i)).unwrap();
+    }
+    d.wait_for("spoofed frames counted", 5, || drops(&d, 0, "tx_dropped_spoofed") == 5);
+    assert!(b.recv_timeout(QUIET).unwrap().is_none(), "nothing gets through with a foreign source");
+    assert_eq!(d.counter(0, &["tx_packets"]), 0);
+    // Its own MAC passes.
+    a.send(&frame(vf_mac(1), vf_mac(0), 64, 9)).unwrap();
+    assert!(b.recv_timeout(Duration::from_secs(5)).unwrap().is_some());
+    // With spoofchk off (VF2), a foreign source passes.
+    c.send(&frame(vf_mac(1), foreign, 64, 7)).unwrap();
+    assert_eq!(b.recv_timeout(Duration::from_secs(5)).unwrap().expect("spoofchk off passes")[6..12], foreign);
+    assert_eq!(drops(&d, 2, "tx_dropped_spoofed"), 0);
+}
+
+#[test]
+fn port_vlan_keeps_traffic_in_its_vlan_untagged() {
+    // VF0, VF1 in VLAN 10; VF2 in VLAN 20; VF3 untagged and trusted.
+    let d = Daemon::start(
+        "num_vfs = 4\n[[vf]]\nid = 0\nvlan = 10\nqos = 3\n[[vf]]\nid = 1\nvlan = 10\n[[vf]]\nid = 2\nvlan = 20\n[[vf]]\nid = 3\ntrust = \"on\"\n",
+    );
+    let mut v: Vec<VirtioNet> = (0..4).map(|i| attach(&d, i)).collect();
+    // Broadcast from VF0 reaches VF1 only, untagged.
+    let bc = frame([0xff; 6], vf_mac(0), 100, 1);
+    v[0].send(&bc).unwrap();
+    assert_eq!(v[1].recv_timeout(Duration::from_secs(5)).unwrap().expect("VLAN 10 peer"), bc, "untagged, intact");
+    for i in [2, 3] {
+        assert!(v[i].recv_timeout(QUIET).unwrap().is_none(), "VF{i} is not in VLAN 10");
+    }
+    // Unicast across VLANs does not cross: VF0 -> VF2's MAC is unknown in
+    // VLAN 10 (flooded to VF1 only).
+    v[0].send(&frame(vf_mac(2), vf_mac(0), 80, 2)).unwrap();
+    assert!(v[2].recv_timeout(QUIET).unwrap().is_none(), "no leak into VLAN 20");
+    assert!(v[1].recv_timeout(Duration::from_secs(5)).unwrap().is_some(), "unknown unicast floods within VLAN 10");
+    // Unicast inside the VLAN.
+    let uc = frame(vf_mac(1), vf_mac(0), 90, 3);
+    v[0].send(&uc).unwrap();
+    assert_eq!(v[1].recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), uc);
+    // A VF with a port VLAN may not send tagged frames.
+    v[0].send(&tagged(vf_mac(1), vf_mac(0), 20, 80, 4)).unwrap();
+    d.wait_for("tagged frame from a port-VLAN VF dropped", 5, || drops(&d, 0, "tx_dropped_vlan") == 1);
+    // A trusted untagged VF may tag into VLAN 10: delivered stripped.
+    v[3].send(&tagged(vf_mac(1), vf_mac(3), 10, 84, 5)).unwrap();
+    let got = v[1].recv_timeout(Duration::from_secs(5)).unwrap().expect("tagged into VLAN 10");
+    assert_eq!(got, frame(vf_mac(1), vf_mac(3), 80, 5), "the tag was stripped");
+    assert!(v[2].recv_timeout(QUIET).unwrap().is_none());
+}
+
+#[test]
+fn untrusted_vf_cannot_hop_vlans() {
+    let d = Daemon::start("num_vfs = 2\n[[vf]]\nid = 1\nvlan = 10\n");
+    let (mut a, mut b) = (attach(&d, 0), attach(&d, 1));
+    a.send(&tagged(vf_mac(1), vf_mac(0), 10, 84, 6)).unwrap();
+    a.send(&tagged([0xff; 6], vf_mac(0), 10, 84, 6)).unwrap();
+    d.wait_for("tagged frames from an untrusted VF dropped", 5, || drops(&d, 0, "tx_dropped_vlan") == 2);
+    assert!(b.recv_timeout(QUIET).unwrap().is_none());
+}
+
+#[test]
+fn trusted_promiscuous_vf_mirrors_its_vlan() {
+    let d = Daemon::start("num_vfs = 4\n[[vf]]\nid = 2\ntrust = \"on\"\npromisc = \"on\"\n[[vf]]\nid = 3\n");
+    let mut v: Vec<VirtioNet> = (0..4).map(|i| attach(&d, i)).collect();
+    let uc = frame(vf_mac(1), vf_mac(0), 70, 8);
+    v[0].send(&uc).unwrap();
+    assert_eq!(v[1].recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), uc);
+    assert_eq!(v[2].recv_timeout(Duration::from_secs(5)).unwrap().expect("mirror copy"), uc);
+    assert!(v[3].recv_timeout(QUIET).unwrap().is_none(), "an untrusted VF sees no other VF's unicast");
+}
+
+#[test]
+fn state_disable_stops_both_ways() {
+    let d = Daemon::start("num_vfs = 2\n[[vf]]\nid = 1\nstate = \"disable\"\n");
+    let (mut a, mut b) = (attach(&d, 0), attach(&d, 1));
+    a.send(&frame(vf_mac(1), vf_mac(0), 64, 1)).unwrap();
+    b.send(&frame(vf_mac(0), vf_mac(1), 64, 2)).unwrap();
+    d.wait_for("both directions dropped", 5, || {
+        drops(&d, 1, "rx_dropped_link_down") == 1 && drops(&d, 1, "tx_dropped_link_down") == 1
+    });
+    assert!(a.recv_timeout(QUIET).unwrap().is_none());
+    assert!(b.recv_timeout(QUIET).unwrap().is_none());
+}

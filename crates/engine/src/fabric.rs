@@ -113,6 +113,11 @@ impl Fabric {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Nanoseconds since the fabric was made (the QoS clock).
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     /// Attaches an uplink to the switch (its port number is `uplink.id`).
     pub fn add_uplink(&self, uplink: Arc<Uplink>) {
         let mut u = self.uplinks.write().unwrap_or_else(|e| e.into_inner());

@@ -7,6 +7,7 @@
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::Cursor;
 use vfnic_dma::{Chain, PopError};
+use vfnic_op::vring::TxQos;
 use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, MacAddr};
@@ -34,6 +35,65 @@ struct Meta {
     domain: u16,
     /// The frame carries an 802.1Q tag.
     tagged: bool,
+    /// Dropped before the switch, and why.
+    drop: Option<DropReason>,
+}
+
+/// Which turn of the engine's transmit arbitration a visit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Serve the VF's `min_tx_rate` guarantee only.
+    Guaranteed,
+    /// Deficit round robin: `quantum` bytes of credit per unit of weight.
+    Shared {
+        /// Bytes of credit per unit of weight per turn.
+        quantum: u64,
+    },
+    /// No arbitration (only the max-rate shaper applies).
+    Unlimited,
+}
+
+/// How long a queue may wait for a full receiver before its frames to it
+/// are dropped instead (2 ms: a receiver that does not drain is not
+/// allowed to stall a sender for long).
+pub const BACKPRESSURE_NS: u64 = 2_000_000;
+
+/// Admits a frame of `len` bytes in `pass` against the budget and the
+/// VF's buckets, consuming them; false if it must wait.
+fn admit(qos: &mut TxQos, pass: Pass, budget: &mut u64, len: u64, now_ns: u64) -> bool {
+    match pass {
+        Pass::Guaranteed => {
+            let Some((_, min)) = qos.min.as_mut() else { return false };
+            if !min.conforms(len, now_ns) {
+                return false;
+            }
+        }
+        Pass::Shared { .. } if len > *budget => return false,
+        _ => {}
+    }
+    if let Some((_, max)) = qos.max.as_mut() {
+        if !max.conforms(len, now_ns) {
+            qos.throttled_until_ns = max.next_ready_ns(len, now_ns);
+            return false;
+        }
+        max.consume(len);
+    }
+    if pass == Pass::Guaranteed {
+        if let Some((_, min)) = qos.min.as_mut() {
+            min.consume(len);
+        }
+    }
+    *budget = budget.saturating_sub(len);
+    true
+}
+
+/// True if `d`'s RX queue is up but has no buffer posted.
+fn rx_full(d: &Function) -> bool {
+    if !d.connected() || !d.link_up() {
+        return false;
+    }
+    let s = d.rx(0).lock();
+    s.ready() && s.ring.as_ref().is_some_and(|r| !r.any_pending().unwrap_or(true))
 }
 
 /// Where one frame of the burst goes.
@@ -84,22 +144,47 @@ impl Scratch {
 
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
-pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch) -> usize {
+pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
     let tx = f.tx(qp);
     let mut s = tx.lock();
     if !s.ready() {
         return 0;
     }
+    // Transmit QoS: the shaper may hold the queue; the pass sets a budget.
+    let pol = f.policy();
+    let now_ns = fabric.now_ns();
+    s.qos.configure(pol.max_tx_rate, pol.min_tx_rate, now_ns);
+    if s.qos.throttled_until_ns > now_ns {
+        return 0;
+    }
+    let mut budget = match pass {
+        Pass::Guaranteed if s.qos.min.is_none() => return 0,
+        Pass::Guaranteed => u64::MAX,
+        Pass::Shared { quantum } => {
+            s.qos.deficit = s.qos.deficit.saturating_add(quantum * pol.weight as u64);
+            s.qos.deficit
+        }
+        Pass::Unlimited => u64::MAX,
+    };
     let indirect = s.indirect;
-    let ring = s.ring.as_mut().expect("ready() checked the ring");
+    let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
+    let vs = &mut *s;
+    let ring = vs.ring.as_mut().expect("ready() checked the ring");
+    let qos = &mut vs.qos;
 
-    // 1. Look ahead: take and walk the whole burst.
+    // 1. Look ahead: take and walk a burst. Each chain is admitted by the
+    // turn's budget (guarantee or DRR credit) and the max-rate shaper; the
+    // first one not admitted goes straight back to the ring, in order.
     let mut fault = None;
     let mut n = 0;
+    let mut drained = false;
     while n < BURST {
         match ring.pop_chain(&mut scratch.tx[n], Access::DeviceReads, indirect) {
-            Ok(true) => n += 1,
-            Ok(false) => break,
+            Ok(true) => {}
+            Ok(false) => {
+                drained = true;
+                break;
+            }
             Err(e) => {
                 if matches!(e, PopError::Chain(_)) {
                     f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
@@ -108,6 +193,17 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
                 break;
             }
         }
+        let len = scratch.tx[n].len().saturating_sub(hdr_len);
+        if !admit(qos, pass, &mut budget, len, now_ns) {
+            ring.unpop(1);
+            break;
+        }
+        n += 1;
+    }
+    if let Pass::Shared { .. } = pass {
+        // DRR: credit carries over while backlogged and is lost when the
+        // queue runs dry.
+        qos.deficit = if drained { 0 } else { budget };
     }
     if n == 0 && fault.is_none() {
         return 0;
@@ -115,9 +211,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
 
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
-    let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
-    let pol = f.policy();
     let ingress = port_of(f);
     let now_ms = fabric.now_ms();
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
@@ -127,7 +221,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
         let mut last_src = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
-            let nowhere = Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false };
+            let nowhere = Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false, drop: None };
             let len = chain.len().saturating_sub(hdr_len);
             let mut eth = [0u8; 16];
             if chain.len() >= hdr_len + ETH_HLEN {
@@ -154,9 +248,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
             } else {
                 None
             };
-            if let Some(r) = drop {
-                f.counters.drop_frames(r, 1);
-                scratch.dest.push(nowhere);
+            if drop.is_some() {
+                scratch.dest.push(Meta { drop, ..nowhere });
                 continue;
             }
             let domain = if pol.vlan != 0 { pol.vlan } else if tagged { vid } else { 0 };
@@ -167,23 +260,61 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch)
                     scratch.learn.push((domain, src));
                 }
             }
-            tx_packets += 1;
-            tx_bytes += len;
-            let dest = match fdb.forward_vlan(ingress, domain, dst) {
-                Forward::Unicast(p) => Dest::Port(p.0),
-                Forward::Flood => Dest::Flood,
-                Forward::Hairpin => {
-                    f.counters.drop_frames(DropReason::TxHairpin, 1);
-                    Dest::Nowhere
-                }
+            let (dest, drop) = match fdb.forward_vlan(ingress, domain, dst) {
+                Forward::Unicast(p) => (Dest::Port(p.0), None),
+                Forward::Flood => (Dest::Flood, None),
+                Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
             };
-            scratch.dest.push(Meta { dest, len, domain, tagged });
+            scratch.dest.push(Meta { dest, len, domain, tagged, drop });
         }
     }
     if !scratch.learn.is_empty() {
         let mut fdb = fabric.fdb();
         for (vlan, src) in &scratch.learn {
             fdb.learn_vlan(*vlan, *src, ingress, now_ms);
+        }
+    }
+
+    // 2b. Backpressure: a unicast receiver with no RX buffer at all holds
+    // this queue (its frames wait in the sender's ring, in order) for up to
+    // BACKPRESSURE_NS; after that, frames to it are dropped as on a NIC.
+    let mut cut = n;
+    {
+        let ports = fabric.ports();
+        let mut checked: [u16; 8] = [u16::MAX; 8];
+        for (i, m) in scratch.dest.iter().enumerate() {
+            let Dest::Port(p) = m.dest else { continue };
+            if checked.contains(&p) {
+                continue;
+            }
+            if let Some(slot) = checked.iter_mut().find(|c| **c == u16::MAX) {
+                *slot = p;
+            }
+            if ports.get(p as usize).and_then(Option::as_ref).is_some_and(|d| rx_full(d)) {
+                cut = i;
+                break;
+            }
+        }
+    }
+    if cut < n {
+        let since = *qos.blocked_since_ns.get_or_insert(now_ns);
+        if now_ns.saturating_sub(since) < BACKPRESSURE_NS {
+            ring.unpop((n - cut) as u16);
+            n = cut;
+            scratch.dest.truncate(n);
+        } else {
+            qos.blocked_since_ns = None;
+        }
+    } else {
+        qos.blocked_since_ns = None;
+    }
+    for m in &scratch.dest[..n] {
+        match m.drop {
+            Some(r) => f.counters.drop_frames(r, 1),
+            None => {
+                tx_packets += 1;
+                tx_bytes += m.len;
+            }
         }
     }
 

@@ -27,7 +27,11 @@ use vfnic_types::{ErrorKind, VfId};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::fabric::Fabric;
-use crate::forward::{process_tx, Scratch};
+use crate::forward::{process_tx, Pass, Scratch};
+
+/// DRR credit per unit of weight per turn (bytes): small enough that
+/// weights up to 8 are exact with 64-byte frames inside one 64-frame burst.
+const DRR_QUANTUM: u64 = 512;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -509,8 +513,12 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             };
         }
         let mut work = 0;
-        for q in &queues {
-            let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch);
+        // Transmit arbitration among this engine's queues: guarantees
+        // (min_tx_rate) first, then deficit round robin by weight.
+        let turns = [Pass::Guaranteed, Pass::Shared { quantum: DRR_QUANTUM }];
+        for q in turns.iter().flat_map(|p| queues.iter().map(move |q| (q, *p))) {
+            let (q, pass) = q;
+            let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch, pass);
             if n > 0 {
                 let t = tsc::now();
                 let l = q.func.load(q.qp);
@@ -579,8 +587,8 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
 
 /// One burst of one queue, with a panic caught and turned into a fault of
 /// that function's queue (never the daemon).
-fn poll_queue(f: &Arc<Function>, qp: u16, fabric: &Fabric, scratch: &mut Scratch) -> usize {
-    match catch_unwind(AssertUnwindSafe(|| process_tx(f, qp, fabric, scratch))) {
+fn poll_queue(f: &Arc<Function>, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
+    match catch_unwind(AssertUnwindSafe(|| process_tx(f, qp, fabric, scratch, pass))) {
         Ok(n) => n,
         Err(_) => {
             error!(vf = f.id.0, queue = qp, "engine panic while serving the queue; queue faulted");

@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use vfnic_types::{LinkState, MacAddr, VfCounters, VfId};
+use vfnic_types::{Counter, LinkState, MacAddr, VfCounters, VfId};
 
+use crate::mailbox::{self, BackendChannel, Effect, MailboxHandler, NotifyError};
 use crate::vring::Vring;
 
 /// What the data plane wants to hear from the operation module.
@@ -101,6 +102,12 @@ pub struct Policy {
     pub promisc: bool,
     /// Traffic passes (state is not disable).
     pub enabled: bool,
+    /// Maximum transmit rate, Mbit/s (0 = unlimited).
+    pub max_tx_rate: u32,
+    /// Guaranteed transmit rate under contention, Mbit/s (0 = none).
+    pub min_tx_rate: u32,
+    /// DRR weight of what is left (>= 1).
+    pub weight: u32,
 }
 
 /// Work done on one queue pair's TX queue, for load-based placement.
@@ -123,6 +130,9 @@ pub struct Function {
     pub id: VfId,
     /// Its counters.
     pub counters: VfCounters,
+    /// Mailbox (control-queue) commands granted; refusals count as
+    /// `ErrorKind::MailboxRefused`.
+    pub mailbox_granted: Counter,
     settings: RwLock<FunctionSettings>,
     mtu: AtomicU16,
     link_up: AtomicBool,
@@ -135,6 +145,8 @@ pub struct Function {
     acked_features: AtomicU64,
     status: AtomicU8,
     hooks: OnceLock<Arc<dyn DataPlaneHooks>>,
+    mailbox: OnceLock<Arc<dyn MailboxHandler>>,
+    backend: Mutex<Option<BackendChannel>>,
 }
 
 impl std::fmt::Debug for Function {
@@ -150,6 +162,7 @@ impl Function {
         Function {
             id,
             counters: VfCounters::default(),
+            mailbox_granted: Counter::default(),
             mtu: AtomicU16::new(settings.mtu),
             link_up: AtomicBool::new(settings.link.passes_traffic()),
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
@@ -161,6 +174,8 @@ impl Function {
             acked_features: AtomicU64::new(0),
             status: AtomicU8::new(0),
             hooks: OnceLock::new(),
+            mailbox: OnceLock::new(),
+            backend: Mutex::new(None),
         }
     }
 
@@ -208,6 +223,9 @@ impl Function {
             trust: s.trust,
             promisc: s.promisc && s.trust,
             enabled: s.link.passes_traffic(),
+            max_tx_rate: s.max_tx_rate,
+            min_tx_rate: s.min_tx_rate,
+            weight: s.weight.max(1),
         }
     }
 
@@ -263,13 +281,60 @@ impl Function {
         self.connected.load(Ordering::Relaxed)
     }
 
-    /// Marks a tenant attached or gone. On detach every queue is reset.
+    /// Marks a tenant attached or gone. On detach every queue is reset and
+    /// the backend request channel forgotten.
     pub fn set_connected(&self, on: bool) {
         self.connected.store(on, Ordering::Relaxed);
         if on {
             self.counters.connects.inc();
         } else {
+            self.set_backend_channel(None);
             self.reset_device();
+        }
+    }
+
+    /// Attaches the PF's side of the mailbox (once).
+    pub fn set_mailbox_handler(&self, handler: Arc<dyn MailboxHandler>) {
+        let _ = self.mailbox.set(handler);
+    }
+
+    /// Applies a granted mailbox effect: through the PF when one is
+    /// attached, else to this function's own settings.
+    pub fn apply_mailbox_effect(&self, effect: Effect) -> Result<(), String> {
+        match self.mailbox.get() {
+            Some(h) => h.apply(self.id, effect),
+            None => {
+                self.update_settings(|s| mailbox::apply_to_settings(s, effect));
+                Ok(())
+            }
+        }
+    }
+
+    /// Installs (or with `None` forgets) the backend request channel the
+    /// front end gave with `SET_BACKEND_REQ_FD`.
+    pub fn set_backend_channel(&self, channel: Option<BackendChannel>) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = channel;
+    }
+
+    /// True if the front end gave a backend request channel.
+    pub fn has_backend_channel(&self) -> bool {
+        self.backend.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Tells the front end its configuration space changed
+    /// (`CONFIG_CHANGE_MSG`), if it gave a backend request channel.
+    /// `Ok(false)`: no channel. Blocks at most about
+    /// [`mailbox::NOTIFY_TIMEOUT`] per direction; a channel that fails is
+    /// dropped.
+    pub fn notify_config_change(&self) -> Result<bool, NotifyError> {
+        let mut ch = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = ch.as_mut() else { return Ok(false) };
+        match c.config_change() {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *ch = None;
+                Err(e)
+            }
         }
     }
 

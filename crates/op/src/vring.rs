@@ -6,6 +6,40 @@ use vfnic_dma::{GuestMemory, RingAddrs, RingError, Virtqueue};
 
 use crate::fd::Doorbell;
 
+/// Transmit QoS of one TX queue: the VF's rate limiter and guarantee, and
+/// its deficit in the engine's round robin.
+#[derive(Debug, Default)]
+pub struct TxQos {
+    /// `max_tx_rate` shaper (exact token bucket), with the rate it was made for.
+    pub max: Option<(u32, vfnic_qos::TokenBucket)>,
+    /// `min_tx_rate` guarantee bucket, with its rate.
+    pub min: Option<(u32, vfnic_qos::TokenBucket)>,
+    /// Deficit-round-robin credit in bytes.
+    pub deficit: u64,
+    /// Nanosecond time until which the shaper holds the queue.
+    pub throttled_until_ns: u64,
+    /// Since when (ns) the queue waits for a receiver's RX buffers.
+    pub blocked_since_ns: Option<u64>,
+}
+
+impl TxQos {
+    /// Brings the buckets in line with the VF's rates (a changed rate
+    /// starts a fresh bucket).
+    pub fn configure(&mut self, max_mbps: u32, min_mbps: u32, now_ns: u64) {
+        let make = |mbps: u32| vfnic_qos::TokenBucket::with_rate(vfnic_qos::bucket::mbps_to_bytes_per_s(mbps), now_ns);
+        match (&self.max, max_mbps) {
+            (_, 0) => self.max = None,
+            (Some((r, _)), m) if *r == m => {}
+            (_, m) => self.max = Some((m, make(m))),
+        }
+        match (&self.min, min_mbps) {
+            (_, 0) => self.min = None,
+            (Some((r, _)), m) if *r == m => {}
+            (_, m) => self.min = Some((m, make(m))),
+        }
+    }
+}
+
 /// Ring configuration and run state, written by the bus interface and read
 /// by the engines, always under [`Vring::lock`].
 #[derive(Debug, Default)]
@@ -41,6 +75,8 @@ pub struct VringState {
     pub irq_pending: u32,
     /// TSC time of the first of those frames.
     pub irq_since: u64,
+    /// Transmit QoS state of this (TX) queue.
+    pub qos: TxQos,
     /// The mapped ring, present while started with valid addresses.
     pub ring: Option<Virtqueue>,
 }

@@ -37,6 +37,17 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum UplinkCmd {
+    /// List the uplinks with their counters.
+    List,
+    /// Show one uplink: settings, remote endpoints, link states, counters.
+    Show {
+        /// Uplink name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the adapter daemon in the foreground.
     Run {
@@ -65,6 +76,29 @@ enum Cmd {
     },
     /// The embedded switch's forwarding table.
     Fdb,
+    /// Uplinks (TAP, AF_PACKET, VXLAN): state and counters.
+    Uplink {
+        #[command(subcommand)]
+        cmd: UplinkCmd,
+    },
+    /// The physical function.
+    Pf {
+        #[command(subcommand)]
+        cmd: PfCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PfCmd {
+    /// Number of VFs, engines, run directory.
+    Show,
+    /// Set the number of VFs at run time (1 to 256): `vfnic pf set-vfs 8`.
+    /// Removed VFs' tenants are disconnected; added VFs get their
+    /// configured (or default) settings.
+    SetVfs {
+        /// New number of VFs.
+        num_vfs: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,46 +123,94 @@ enum VfCmd {
         /// VF index.
         vf: u16,
     },
-    /// Change VF settings, ip-link style: `vfnic vf set 1 mac 02:00:00:00:00:01 link down`.
+    /// Change VF settings, ip-link style, several at once, all or nothing:
+    /// `vfnic vf set 1 max_tx_rate 1000 spoofchk on vlan 10 qos 3`.
     Set {
         /// VF index.
         vf: u16,
-        /// Setting/value pairs: `mac ADDR`, `link up|down`, `rx-usecs N`,
-        /// `rx-frames N` (interrupt moderation, as ethtool -C).
-        #[arg(num_args = 2.., required = true)]
+        /// Setting/value pairs: `mac ADDR`, `vlan 0-4094` (0 = none),
+        /// `qos 0-7` (with a vlan), `spoofchk on|off`, `trust on|off`,
+        /// `promisc on|off` (trusted VFs only), `state auto|enable|disable`
+        /// (`link up|down` too), `max_tx_rate MBPS` (`rate` too),
+        /// `min_tx_rate MBPS`, `weight 1-1000`, `rx-usecs N`, `rx-frames N`
+        /// (interrupt moderation, as ethtool -C).
+        #[arg(num_args = 2.., required = true, allow_hyphen_values = true)]
         settings: Vec<String>,
+    },
+    /// Function-level reset: back to the configured settings, queues
+    /// dropped (the tenant is disconnected and may attach again).
+    Reset {
+        /// VF index.
+        vf: u16,
+    },
+    /// Print the QEMU options that attach a guest to the VF.
+    QemuArgs {
+        /// VF index.
+        vf: u16,
+    },
+    /// Print the DPDK `--vdev` option that attaches a virtio-user port to the VF.
+    DpdkArgs {
+        /// VF index.
+        vf: u16,
     },
 }
 
+/// Every word `vfnic vf set` knows, for the error message.
+const SETTINGS: &str = "mac, vlan, qos, spoofchk, trust, promisc, state, link, max_tx_rate, min_tx_rate, weight, \
+                        rx-usecs, rx-frames";
+
+fn number<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T> {
+    value.parse().map_err(|_| anyhow::anyhow!("{key} must be {what}, not `{value}`"))
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => bail!("{key} must be `on` or `off`, not `{other}`"),
+    }
+}
+
+/// Parses ip-link style `KEY VALUE ...` words into one change. Every word
+/// is checked here for form (the daemon checks ranges and combinations);
+/// a setting given twice is an error.
 fn parse_settings(words: &[String]) -> Result<VfChange> {
     let mut change = VfChange::default();
+    let mut seen = std::collections::HashSet::new();
     let mut it = words.iter();
     while let Some(key) = it.next() {
         let Some(value) = it.next() else { bail!("`{key}` needs a value") };
-        match key.as_str() {
-            "mac" => change.mac = Some(value.parse::<MacAddr>()?),
-            "link" => {
-                change.link = Some(match value.as_str() {
+        let canonical = match key.as_str() {
+            "link" => "state",
+            "rate" => "max_tx_rate",
+            "rx_usecs" => "rx-usecs",
+            "rx_frames" => "rx-frames",
+            k => k,
+        };
+        match canonical {
+            "mac" => change.mac = Some(value.parse::<MacAddr>().map_err(|e| anyhow::anyhow!("mac: {e}"))?),
+            "vlan" => change.vlan = Some(number(key, value, "a VLAN id (0 to 4094, 0 = none)")?),
+            "qos" => change.qos = Some(number(key, value, "a priority (0 to 7)")?),
+            "spoofchk" => change.spoofchk = Some(on_off(key, value)?),
+            "trust" => change.trust = Some(on_off(key, value)?),
+            "promisc" => change.promisc = Some(on_off(key, value)?),
+            "state" if key == "link" => {
+                change.state = Some(match value.as_str() {
                     "up" => LinkState::Auto,
                     "down" => LinkState::Disable,
                     other => bail!("link must be `up` or `down`, not `{other}`"),
                 })
             }
-            "rx-usecs" => {
-                change.rx_usecs = Some(
-                    value
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("rx-usecs must be a number of microseconds, not `{value}`"))?,
-                )
-            }
-            "rx-frames" => {
-                change.rx_frames = Some(
-                    value
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("rx-frames must be a number of frames, not `{value}`"))?,
-                )
-            }
-            other => bail!("unknown VF setting `{other}` (known: mac, link, rx-usecs, rx-frames)"),
+            "state" => change.state = Some(value.parse::<LinkState>().map_err(|e| anyhow::anyhow!("{e}"))?),
+            "max_tx_rate" => change.max_tx_rate = Some(number(key, value, "a rate in Mbit/s (0 = unlimited)")?),
+            "min_tx_rate" => change.min_tx_rate = Some(number(key, value, "a rate in Mbit/s")?),
+            "weight" => change.weight = Some(number(key, value, "a number (1 to 1000)")?),
+            "rx-usecs" => change.rx_usecs = Some(number(key, value, "a number of microseconds")?),
+            "rx-frames" => change.rx_frames = Some(number(key, value, "a number of frames")?),
+            other => bail!("unknown VF setting `{other}` (known: {SETTINGS})"),
+        }
+        if !seen.insert(canonical) {
+            bail!("`{key}` is given twice");
         }
     }
     Ok(change)
@@ -208,12 +290,27 @@ fn real_main(cli: &Cli) -> Result<()> {
             let change = parse_settings(settings)?;
             (client(cli, Request::VfSet { vf: *vf, change })?, print::vf_show as _)
         }
+        Cmd::Vf { cmd: VfCmd::Reset { vf } } => (client(cli, Request::VfReset { vf: *vf })?, print::vf_show as _),
+        Cmd::Vf { cmd: VfCmd::QemuArgs { vf } } => {
+            (client(cli, Request::VfQemuArgs { vf: *vf })?, print::qemu_args as _)
+        }
+        Cmd::Vf { cmd: VfCmd::DpdkArgs { vf } } => {
+            (client(cli, Request::VfDpdkArgs { vf: *vf })?, print::dpdk_args as _)
+        }
+        Cmd::Pf { cmd: PfCmd::Show } => (client(cli, Request::PfShow)?, print::pf_show as _),
+        Cmd::Pf { cmd: PfCmd::SetVfs { num_vfs } } => {
+            (client(cli, Request::PfSetVfs { num_vfs: *num_vfs })?, print::pf_show as _)
+        }
         Cmd::Stats => (client(cli, Request::Stats)?, print::stats as _),
         Cmd::Engines { cmd: None } => (client(cli, Request::Engines)?, print::engines as _),
         Cmd::Engines { cmd: Some(EngineCmd::Move { vf, qp, engine }) } => {
             (client(cli, Request::EngineMove { vf: *vf, qp: *qp, engine: *engine })?, print::engines as _)
         }
         Cmd::Fdb => (client(cli, Request::Fdb)?, print::fdb as _),
+        Cmd::Uplink { cmd: UplinkCmd::List } => (client(cli, Request::UplinkList)?, print::uplink_list as _),
+        Cmd::Uplink { cmd: UplinkCmd::Show { name } } => {
+            (client(cli, Request::UplinkShow { name: name.clone() })?, print::uplink_show as _)
+        }
     };
     let (value, human) = out;
     if cli.json {
@@ -236,10 +333,29 @@ mod tests {
     fn ip_link_style_settings() {
         let c = parse_settings(&words("mac 02:00:00:00:00:05 link down")).unwrap();
         assert_eq!(c.mac, Some("02:00:00:00:00:05".parse().unwrap()));
-        assert_eq!(c.link, Some(LinkState::Disable));
+        assert_eq!(c.state, Some(LinkState::Disable));
         assert!(parse_settings(&words("link sideways")).is_err());
         assert!(parse_settings(&words("mac")).is_err());
         assert!(parse_settings(&words("speed 10")).is_err());
         assert!(parse_settings(&words("mac 02:00")).is_err());
+        let c = parse_settings(&words(
+            "max_tx_rate 1000 spoofchk on vlan 10 qos 3 trust on promisc on state enable min_tx_rate 10 weight 7",
+        ))
+        .unwrap();
+        assert_eq!((c.max_tx_rate, c.min_tx_rate, c.weight), (Some(1000), Some(10), Some(7)));
+        assert_eq!(
+            (c.vlan, c.qos, c.spoofchk, c.trust, c.promisc),
+            (Some(10), Some(3), Some(true), Some(true), Some(true))
+        );
+        assert_eq!(c.state, Some(LinkState::Enable));
+        assert_eq!(parse_settings(&words("rate 5")).unwrap().max_tx_rate, Some(5));
+        let e = |w: &str| parse_settings(&words(w)).unwrap_err().to_string();
+        assert!(e("max_tx_rate fast").contains("max_tx_rate must be a rate"), "{}", e("max_tx_rate fast"));
+        assert!(e("vlan 70000").contains("vlan must be a VLAN id"));
+        assert!(e("spoofchk maybe").contains("spoofchk must be `on` or `off`"));
+        assert!(e("state sideways").contains("auto, enable or disable"));
+        assert!(e("vlan 1 vlan 2").contains("twice"));
+        assert!(e("link up state enable").contains("twice"));
+        assert!(e("colour red").contains("unknown VF setting `colour`"));
     }
 }

@@ -24,6 +24,7 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use vfnic_dma::{GuestMemory, RingAddrs};
 use vfnic_op::features::{self, OFFERED, PROTOCOL_FEATURES};
+use vfnic_op::mailbox::BackendChannel;
 use vfnic_op::{Doorbell, Function};
 use vfnic_types::ErrorKind;
 
@@ -101,7 +102,6 @@ pub struct Session {
     stream: UnixStream,
     acked_protocol: u64,
     mem: Option<Arc<GuestMemory>>,
-    backend_req: Option<UnixStream>,
 }
 
 impl Session {
@@ -109,7 +109,7 @@ impl Session {
     pub fn new(func: Arc<Function>, stream: UnixStream) -> io::Result<Session> {
         stream.set_read_timeout(Some(MESSAGE_DEADLINE))?;
         stream.set_write_timeout(Some(MESSAGE_DEADLINE))?;
-        Ok(Session { func, stream, acked_protocol: 0, mem: None, backend_req: None })
+        Ok(Session { func, stream, acked_protocol: 0, mem: None })
     }
 
     /// Serves requests until the front end leaves, an unrecoverable error,
@@ -390,8 +390,15 @@ impl Session {
                 Ok(None)
             }
             Request::SetBackendReqFd => {
+                // The PF->VF half of the mailbox: config-change
+                // notifications (link state, MAC) go out on it. Kept by the
+                // function so the control plane reaches it; forgotten when
+                // the tenant disconnects.
                 let fd = fds.pop().expect("fd count checked by dispatch");
-                self.backend_req = Some(UnixStream::from(fd));
+                let need_reply = self.acked_protocol & proto::REPLY_ACK != 0;
+                let channel = BackendChannel::new(UnixStream::from(fd), need_reply)
+                    .map_err(|e| refuse(ErrorKind::MsgRefused, format!("bad backend request fd: {e}")))?;
+                f.set_backend_channel(Some(channel));
                 Ok(None)
             }
             Request::GetConfig(a) => {

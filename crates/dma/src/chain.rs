@@ -34,6 +34,11 @@ pub enum Access {
     /// RX: the device writes; a read-only buffer is an error (it is never
     /// written).
     DeviceWrites,
+    /// Control queue: device-readable buffers (the command), then
+    /// device-writable ones (the ack). A readable buffer after a writable
+    /// one is an error; [`Chain::readable_len`] says where the writable
+    /// part starts.
+    Mixed,
 }
 
 /// A malformed chain.
@@ -112,6 +117,9 @@ pub struct Chain {
     segs: [Segment; MAX_CHAIN_SEGMENTS],
     n: usize,
     len: u64,
+    /// Bytes of the device-readable prefix (all of a TX chain, none of an
+    /// RX chain; the command of a control-queue chain).
+    readable: u64,
     /// Keeps the segments' memory mapped while the chain is in use; cloned
     /// only when the ring's memory table changed.
     mem: Option<Arc<GuestMemory>>,
@@ -123,7 +131,7 @@ unsafe impl Send for Chain {}
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { head: 0, ndesc: 1, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, mem: None }
+        Chain { head: 0, ndesc: 1, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, readable: 0, mem: None }
     }
 }
 
@@ -157,6 +165,13 @@ impl Chain {
         self.len == 0
     }
 
+    /// Bytes of the device-readable prefix: the whole chain for
+    /// [`Access::DeviceReads`], 0 for [`Access::DeviceWrites`], the command
+    /// part for [`Access::Mixed`] (the rest is device-writable).
+    pub fn readable_len(&self) -> u64 {
+        self.readable
+    }
+
     /// The translated segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segs[..self.n]
@@ -173,6 +188,7 @@ impl Chain {
     pub fn release(&mut self) {
         self.n = 0;
         self.len = 0;
+        self.readable = 0;
         self.mem = None;
     }
 
@@ -194,6 +210,7 @@ impl Chain {
         self.ndesc = ndesc;
         self.n = 0;
         self.len = 0;
+        self.readable = 0;
         if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             self.mem = Some(mem.clone());
         }
@@ -203,6 +220,7 @@ impl Chain {
     pub(crate) fn clear(&mut self) {
         self.n = 0;
         self.len = 0;
+        self.readable = 0;
     }
 
     /// Sets what [`Chain::token`] returns once a packed walk succeeded.
@@ -323,7 +341,13 @@ impl Chain {
 
     fn add_buffer(&mut self, mem: &GuestMemory, d: Desc, access: Access) -> Result<(), ChainError> {
         let writable = d.flags & DESC_F_WRITE != 0;
-        if writable != (access == Access::DeviceWrites) {
+        let allowed = match access {
+            Access::DeviceReads => !writable,
+            Access::DeviceWrites => writable,
+            // Readable buffers only before the first writable one.
+            Access::Mixed => writable || self.readable == self.len,
+        };
+        if !allowed {
             return Err(ChainError::Permission);
         }
         if d.addr.checked_add(d.len as u64).is_none() {
@@ -337,6 +361,9 @@ impl Chain {
             self.push_segment(ptr, take)?;
             addr += take as u64;
             left -= take as u64;
+        }
+        if !writable {
+            self.readable = self.len;
         }
         Ok(())
     }
@@ -430,6 +457,34 @@ mod tests {
         t.set_desc(0, d(GPA + BUF_OFF, 64, DESC_F_WRITE, 0));
         assert_eq!(c.walk(&r, 0, Access::DeviceReads, false), Err(ChainError::Permission));
         assert!(c.walk(&r, 0, Access::DeviceWrites, false).is_ok());
+    }
+
+    #[test]
+    fn mixed_chains_take_a_readable_prefix_then_writable_buffers() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let mut c = Chain::default();
+        t.set_desc(0, d(GPA + BUF_OFF, 2, DESC_F_NEXT, 1));
+        t.set_desc(1, d(GPA + BUF_OFF + 100, 6, DESC_F_NEXT, 2));
+        t.set_desc(2, d(GPA + BUF_OFF + 200, 1, DESC_F_WRITE, 0));
+        c.walk(&r, 0, Access::Mixed, false).unwrap();
+        assert_eq!((c.len(), c.readable_len()), (9, 8));
+        // Readable after writable: refused, chain left empty.
+        t.set_desc(0, d(GPA + BUF_OFF, 2, DESC_F_WRITE | DESC_F_NEXT, 1));
+        t.set_desc(1, d(GPA + BUF_OFF + 100, 6, 0, 0));
+        assert_eq!(c.walk(&r, 0, Access::Mixed, false), Err(ChainError::Permission));
+        assert_eq!((c.len(), c.readable_len()), (0, 0));
+        // All-readable and all-writable chains are both well formed.
+        t.set_desc(0, d(GPA + BUF_OFF, 2, 0, 0));
+        c.walk(&r, 0, Access::Mixed, false).unwrap();
+        assert_eq!(c.readable_len(), 2);
+        t.set_desc(0, d(GPA + BUF_OFF, 2, DESC_F_WRITE, 0));
+        c.walk(&r, 0, Access::Mixed, false).unwrap();
+        assert_eq!(c.readable_len(), 0);
+        // The other walks report their prefix too.
+        t.set_desc(0, d(GPA + BUF_OFF, 5, 0, 0));
+        c.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        assert_eq!(c.readable_len(), 5);
     }
 
     #[test]

@@ -14,14 +14,18 @@
 //! * [`fabric`]: what all engines share: the switch's forwarding table and
 //!   the port table;
 //! * [`forward`]: the per-queue burst: TX chain -> switch -> RX chains;
-//! * [`deliver`]: writing one frame into a receiver's RX queue.
+//! * [`deliver`]: writing one frame into a receiver's RX queue;
+//! * [`mailbox`]: the control virtqueue (VF-to-PF mailbox): commands
+//!   answered by PF policy.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod deliver;
 pub mod fabric;
 pub mod forward;
+pub mod mailbox;
 pub mod pool;
+pub mod uplink;
 
 pub use fabric::Fabric;
 pub use pool::{EngineConfig, EnginePool, EngineStats};

@@ -9,7 +9,10 @@
 //! * [`vring::Vring`]: one virtqueue's context: size, ring addresses, base
 //!   index, doorbell (kick eventfd), interrupt (call eventfd), enable and
 //!   fault state, and once started the mapped [`vfnic_dma::SplitRing`];
-//! * [`fd::Doorbell`]: a checked, non-blocking eventfd.
+//! * [`fd::Doorbell`]: a checked, non-blocking eventfd;
+//! * [`mailbox`]: the VF<->PF mailbox: the PF's policy for control-queue
+//!   commands ([`mailbox::decide`]) and config-change notifications to the
+//!   front end ([`mailbox::BackendChannel`]).
 //!
 //! The bus interface (`vfnic-bus`) writes this state from vhost-user
 //! messages; the DMA engines (`vfnic-engine`) read it under each vring's
@@ -21,6 +24,7 @@
 pub mod fd;
 pub mod features;
 pub mod function;
+pub mod mailbox;
 pub mod vring;
 
 pub use fd::Doorbell;

@@ -1,6 +1,14 @@
 //! The runtime control API: one JSON object per line over a Unix socket.
 //!
-//! Request: `{"cmd":"vf_set","vf":1,"link":"down"}`.
+//! Requests: `{"cmd":"vf_set","vf":1,"state":"disable","max_tx_rate":1000}`
+//! (keys are ip-link's words with underscores: `mac`, `vlan`, `qos`,
+//! `spoofchk`, `trust`, `promisc` (booleans), `state` (or `link`),
+//! `max_tx_rate`, `min_tx_rate`, `weight`, `rx_usecs`, `rx_frames`),
+//! `{"cmd":"vf_reset","vf":1}`, `{"cmd":"vf_qemu_args","vf":1}`,
+//! `{"cmd":"vf_dpdk_args","vf":1}`, `{"cmd":"pf_show"}`,
+//! `{"cmd":"pf_set_vfs","num_vfs":8}`, `{"cmd":"vf_list"}`,
+//! `{"cmd":"vf_show","vf":1}`, `{"cmd":"stats"}`, `{"cmd":"engines"}`,
+//! `{"cmd":"fdb"}`.
 //! Response: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -38,6 +46,29 @@ pub enum Request {
         #[serde(flatten)]
         change: VfChange,
     },
+    /// Function-level reset: back to the configured settings, queues
+    /// dropped (the tenant is disconnected and may attach again).
+    VfReset {
+        /// VF index.
+        vf: u16,
+    },
+    /// The QEMU options that attach a guest to a VF.
+    VfQemuArgs {
+        /// VF index.
+        vf: u16,
+    },
+    /// The DPDK `--vdev` option that attaches a virtio-user port to a VF.
+    VfDpdkArgs {
+        /// VF index.
+        vf: u16,
+    },
+    /// The PF: number of VFs, engines, run directory.
+    PfShow,
+    /// Set the number of VFs (sockets created or removed at run time).
+    PfSetVfs {
+        /// New number of VFs (1 to 256).
+        num_vfs: u16,
+    },
     /// Counters of every VF.
     Stats,
     /// Engines and their queues.
@@ -53,6 +84,13 @@ pub enum Request {
     },
     /// The switch's forwarding table.
     Fdb,
+    /// Every uplink: state and counters.
+    UplinkList,
+    /// One uplink.
+    UplinkShow {
+        /// Uplink name.
+        name: String,
+    },
 }
 
 fn handle(pf: &Pf, req: Request) -> Result<Value, String> {
@@ -60,7 +98,14 @@ fn handle(pf: &Pf, req: Request) -> Result<Value, String> {
         Request::VfList => json!(pf.vf_list()),
         Request::VfShow { vf } => json!(pf.vf_show(vf).map_err(|e| e.to_string())?),
         Request::VfSet { vf, change } => json!(pf.vf_set(vf, &change).map_err(|e| e.to_string())?),
-        Request::Stats => json!({ "vfs": pf.stats() }),
+        Request::VfReset { vf } => json!(pf.vf_reset(vf).map_err(|e| e.to_string())?),
+        Request::VfQemuArgs { vf } => json!(pf.qemu_args(vf).map_err(|e| e.to_string())?),
+        Request::VfDpdkArgs { vf } => json!(pf.dpdk_args(vf).map_err(|e| e.to_string())?),
+        Request::PfShow => json!(pf.pf_show()),
+        Request::PfSetVfs { num_vfs } => json!(pf.set_vfs(num_vfs).map_err(|e| e.to_string())?),
+        Request::Stats => json!({ "vfs": pf.stats(), "uplinks": pf.uplink_list() }),
+        Request::UplinkList => json!(pf.uplink_list()),
+        Request::UplinkShow { name } => json!(pf.uplink_show(&name).map_err(|e| e.to_string())?),
         Request::Engines => json!(pf.engines()),
         Request::EngineMove { vf, qp, engine } => json!(pf.engine_move(vf, qp, engine).map_err(|e| e.to_string())?),
         Request::Fdb => json!(pf.fdb()),
@@ -175,7 +220,15 @@ mod tests {
             serde_json::from_str(r#"{"cmd":"vf_set","vf":1,"link":"down","mac":"02:00:00:00:00:09"}"#).unwrap();
         let Request::VfSet { vf, change } = r else { panic!() };
         assert_eq!(vf, 1);
-        assert_eq!(change.link, Some(vfnic_types::LinkState::Disable));
+        assert_eq!(change.state, Some(vfnic_types::LinkState::Disable));
+        let r: Request = serde_json::from_str(r#"{"cmd":"vf_set","vf":1,"state":"enable","vlan":10,"qos":3}"#).unwrap();
+        let Request::VfSet { change, .. } = r else { panic!() };
+        assert_eq!((change.vlan, change.qos), (Some(10), Some(3)));
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"vf_set","vf":1,"vlan":70000}"#).is_err());
+        assert_eq!(
+            serde_json::to_string(&Request::PfSetVfs { num_vfs: 8 }).unwrap(),
+            r#"{"cmd":"pf_set_vfs","num_vfs":8}"#
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"vf_set","vf":1,"mac":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
         assert_eq!(serde_json::to_string(&Request::Stats).unwrap(), r#"{"cmd":"stats"}"#);

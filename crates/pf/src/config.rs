@@ -9,12 +9,20 @@
 //! rebalance_threshold_pct = 50    # move queue pairs off engines busier than this
 //! idle_spin_us = 200       # keep polling this long after the last frame, then sleep
 //!
-//! [[vf]]                     # optional per-VF overrides
+//! [[vf]]                     # optional per-VF overrides (ip-link vocabulary)
 //! id = 0
 //! mac = "02:76:66:6e:00:00"
 //! socket = "/tmp/vf0.sock"
 //! mtu = 1500
-//! link = "up"
+//! state = "auto"           # auto | enable | disable (`link = "up"|"down"` is accepted too)
+//! vlan = 10                # port VLAN, 1-4094 (0 = none)
+//! qos = 3                  # 802.1p priority of the port VLAN tag, 0-7 (needs vlan)
+//! spoofchk = "on"          # on | off (or true | false); default on
+//! trust = "off"            # trusted VF: may use promiscuous mode and other MACs
+//! promisc = "off"          # a copy of all traffic of its VLAN (trusted VFs only)
+//! max_tx_rate = 1000       # Mbit/s, 0 = unlimited
+//! min_tx_rate = 100        # Mbit/s guaranteed under contention (<= max_tx_rate)
+//! weight = 10              # share of what is left, 1-1000 (default 1)
 //! rx_usecs = 50            # interrupt moderation (ethtool -C rx-usecs), 0 = off
 //! rx_frames = 32           # ... or once this many frames are pending
 //! ```
@@ -24,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
+use vfnic_op::FunctionSettings;
 use vfnic_types::{LinkState, MacAddr, MAX_VFS};
 
 /// Default run directory (relative to the working directory).
@@ -40,6 +49,83 @@ pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_REBALANCE_THRESHOLD_PCT: u32 = 50;
 /// Most engines.
 pub const MAX_ENGINES: usize = 64;
+/// Highest port VLAN id (`vlan`; 0 = none).
+pub const MAX_VLAN: u16 = 4094;
+/// Highest 802.1p priority (`qos`).
+pub const MAX_QOS: u8 = 7;
+/// Highest `weight`.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Longest interrupt hold (`rx_usecs`): one second.
+pub const MAX_RX_USECS: u32 = 1_000_000;
+
+/// An ip-link style switch: `on`/`off` in the CLI; `"on"`, `"off"`,
+/// `true` or `false` in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "OnOffRaw")]
+pub struct OnOff(pub bool);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnOffRaw {
+    Bool(bool),
+    Word(String),
+}
+
+impl TryFrom<OnOffRaw> for OnOff {
+    type Error = String;
+
+    fn try_from(v: OnOffRaw) -> Result<Self, Self::Error> {
+        match v {
+            OnOffRaw::Bool(b) => Ok(OnOff(b)),
+            OnOffRaw::Word(w) => w.parse(),
+        }
+    }
+}
+
+impl std::str::FromStr for OnOff {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" | "true" => Ok(OnOff(true)),
+            "off" | "false" => Ok(OnOff(false)),
+            other => Err(format!("expected on or off, not `{other}`")),
+        }
+    }
+}
+
+/// Checks a VF's settings as a whole: each value in range, and the
+/// combinations ip-link refuses. The message names the setting.
+pub fn check_settings(s: &FunctionSettings) -> Result<(), String> {
+    if !s.mac.is_unicast() {
+        return Err(format!("mac {} is not a unicast address", s.mac));
+    }
+    if !(68..=9000).contains(&s.mtu) {
+        return Err(format!("mtu {} is out of range (68 to 9000)", s.mtu));
+    }
+    if s.vlan > MAX_VLAN {
+        return Err(format!("vlan {} is out of range (0 to {MAX_VLAN}, 0 = none)", s.vlan));
+    }
+    if s.qos > MAX_QOS {
+        return Err(format!("qos {} is out of range (0 to {MAX_QOS})", s.qos));
+    }
+    if s.qos != 0 && s.vlan == 0 {
+        return Err(format!("qos {} needs a vlan (it is the priority of the port VLAN tag)", s.qos));
+    }
+    if s.promisc && !s.trust {
+        return Err("promisc on needs a trusted VF (set trust on first, or in the same command)".into());
+    }
+    if s.max_tx_rate != 0 && s.min_tx_rate > s.max_tx_rate {
+        return Err(format!("min_tx_rate {} is above max_tx_rate {}", s.min_tx_rate, s.max_tx_rate));
+    }
+    if !(1..=MAX_WEIGHT).contains(&s.weight) {
+        return Err(format!("weight {} is out of range (1 to {MAX_WEIGHT})", s.weight));
+    }
+    if s.rx_usecs > MAX_RX_USECS {
+        return Err(format!("rx_usecs {} is above {MAX_RX_USECS} (1 s)", s.rx_usecs));
+    }
+    Ok(())
+}
 
 /// A configuration that cannot be used.
 #[derive(Debug, Error)]
@@ -76,8 +162,26 @@ pub struct VfConfig {
     pub socket: Option<PathBuf>,
     /// MTU (default 1500).
     pub mtu: Option<u16>,
-    /// Administrative link state (default up).
+    /// Administrative link state, old spelling (`up`/`down`; default auto).
     pub link: Option<LinkState>,
+    /// Administrative link state (`auto`, `enable`, `disable`).
+    pub state: Option<LinkState>,
+    /// Port VLAN (0 = none).
+    pub vlan: Option<u16>,
+    /// Port VLAN priority.
+    pub qos: Option<u8>,
+    /// Spoof check (default on).
+    pub spoofchk: Option<OnOff>,
+    /// Trusted VF (default off).
+    pub trust: Option<OnOff>,
+    /// Promiscuous (trusted VFs only; default off).
+    pub promisc: Option<OnOff>,
+    /// Maximum transmit rate, Mbit/s (0 = unlimited).
+    pub max_tx_rate: Option<u32>,
+    /// Guaranteed transmit rate, Mbit/s.
+    pub min_tx_rate: Option<u32>,
+    /// Share under contention (1-1000, default 1).
+    pub weight: Option<u32>,
     /// Interrupt moderation time in microseconds (default 0: off).
     pub rx_usecs: Option<u32>,
     /// Interrupt moderation frame count (default 0: off).
@@ -98,6 +202,8 @@ struct RawConfig {
     rebalance_threshold_pct: Option<toml::Spanned<u32>>,
     #[serde(default)]
     vf: Vec<toml::Spanned<VfConfig>>,
+    #[serde(default)]
+    uplink: Vec<toml::Spanned<crate::uplink_config::UplinkConfig>>,
 }
 
 /// The resolved configuration of one VF.
@@ -111,12 +217,76 @@ pub struct VfSettings {
     pub socket: PathBuf,
     /// MTU.
     pub mtu: u16,
-    /// Link state.
+    /// Link state (`state`).
     pub link: LinkState,
+    /// Port VLAN (0 = none).
+    pub vlan: u16,
+    /// Port VLAN priority.
+    pub qos: u8,
+    /// Spoof check.
+    pub spoofchk: bool,
+    /// Trusted.
+    pub trust: bool,
+    /// Promiscuous (trusted only).
+    pub promisc: bool,
+    /// Maximum transmit rate, Mbit/s (0 = unlimited).
+    pub max_tx_rate: u32,
+    /// Guaranteed transmit rate, Mbit/s.
+    pub min_tx_rate: u32,
+    /// Share under contention.
+    pub weight: u32,
     /// Interrupt moderation time (microseconds, 0 = off).
     pub rx_usecs: u32,
     /// Interrupt moderation frame count (0 = off).
     pub rx_frames: u32,
+}
+
+impl VfSettings {
+    /// Defaults of VF `id` with sockets in `run_dir`: the stable MAC, link
+    /// auto, no VLAN, spoof check on, untrusted, no rate limits, weight 1.
+    pub fn default_for(id: u16, run_dir: &Path) -> VfSettings {
+        VfSettings::from_function(id, &FunctionSettings::new(MacAddr::for_vf(id), run_dir.join(format!("vf{id}.sock"))))
+    }
+
+    fn from_function(id: u16, f: &FunctionSettings) -> VfSettings {
+        VfSettings {
+            id,
+            mac: f.mac,
+            socket: f.socket.clone(),
+            mtu: f.mtu,
+            link: f.link,
+            vlan: f.vlan,
+            qos: f.qos,
+            spoofchk: f.spoofchk,
+            trust: f.trust,
+            promisc: f.promisc,
+            max_tx_rate: f.max_tx_rate,
+            min_tx_rate: f.min_tx_rate,
+            weight: f.weight,
+            rx_usecs: f.rx_usecs,
+            rx_frames: f.rx_frames,
+        }
+    }
+
+    /// The function settings these configure.
+    pub fn function_settings(&self) -> FunctionSettings {
+        FunctionSettings {
+            mac: self.mac,
+            mtu: self.mtu,
+            link: self.link,
+            vlan: self.vlan,
+            qos: self.qos,
+            spoofchk: self.spoofchk,
+            trust: self.trust,
+            promisc: self.promisc,
+            max_tx_rate: self.max_tx_rate,
+            min_tx_rate: self.min_tx_rate,
+            weight: self.weight,
+            socket: self.socket.clone(),
+            rx_usecs: self.rx_usecs,
+            rx_frames: self.rx_frames,
+        }
+    }
 }
 
 /// The adapter's configuration.
@@ -139,6 +309,8 @@ pub struct Config {
     pub idle_spin_us: u64,
     /// Per-VF settings, by index.
     pub vfs: Vec<VfSettings>,
+    /// Uplinks (`[[uplink]]` tables, see [`crate::uplink_config`]).
+    pub uplinks: Vec<vfnic_port::PortSpec>,
 }
 
 impl Default for Config {
@@ -197,17 +369,7 @@ impl Config {
             Some(n) => n.into_inner(),
             None => 1,
         };
-        let mut vfs: Vec<VfSettings> = (0..num_vfs)
-            .map(|id| VfSettings {
-                id,
-                mac: MacAddr::for_vf(id),
-                socket: run_dir.join(format!("vf{id}.sock")),
-                mtu: DEFAULT_MTU,
-                link: LinkState::Auto,
-                rx_usecs: 0,
-                rx_frames: 0,
-            })
-            .collect();
+        let mut vfs: Vec<VfSettings> = (0..num_vfs).map(|id| VfSettings::default_for(id, &run_dir)).collect();
         let mut seen = HashSet::new();
         for entry in &raw.vf {
             let span = entry.span();
@@ -237,9 +399,6 @@ impl Config {
             if let Some(p) = &v.socket {
                 s.socket = p.clone();
             }
-            if let Some(l) = v.link {
-                s.link = l;
-            }
             if let Some(u) = v.rx_usecs {
                 if u > 1_000_000 {
                     return Err(invalid(span, format!("vf {}: rx_usecs {u} is above 1000000 (1 s)", v.id)));
@@ -249,6 +408,42 @@ impl Config {
             if let Some(n) = v.rx_frames {
                 s.rx_frames = n;
             }
+            match (v.link, v.state) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(span, format!("vf {}: give `state` or `link`, not both", v.id)))
+                }
+                (Some(l), None) | (None, Some(l)) => s.link = l,
+                (None, None) => {}
+            }
+            if let Some(x) = v.vlan {
+                s.vlan = x;
+                // A port VLAN of 0 clears its priority unless one is given.
+                if x == 0 && v.qos.is_none() {
+                    s.qos = 0;
+                }
+            }
+            if let Some(x) = v.qos {
+                s.qos = x;
+            }
+            if let Some(x) = v.spoofchk {
+                s.spoofchk = x.0;
+            }
+            if let Some(x) = v.trust {
+                s.trust = x.0;
+            }
+            if let Some(x) = v.promisc {
+                s.promisc = x.0;
+            }
+            if let Some(x) = v.max_tx_rate {
+                s.max_tx_rate = x;
+            }
+            if let Some(x) = v.min_tx_rate {
+                s.min_tx_rate = x;
+            }
+            if let Some(x) = v.weight {
+                s.weight = x;
+            }
+            check_settings(&s.function_settings()).map_err(|e| invalid(span.clone(), format!("vf {}: {e}", v.id)))?;
         }
         let mut macs = HashSet::new();
         let mut sockets = HashSet::new();
@@ -268,7 +463,11 @@ impl Config {
             Some(n) => n.into_inner(),
             None => DEFAULT_REBALANCE_THRESHOLD_PCT,
         };
+        let tables: Vec<_> = raw.uplink.iter().map(|t| t.get_ref().clone()).collect();
+        let uplinks = crate::uplink_config::resolve_all(&tables)
+            .map_err(|(i, message)| invalid(raw.uplink.get(i).map(|t| t.span()).unwrap_or(0..0), message))?;
         Ok(Config {
+            uplinks,
             run_dir,
             engines,
             queue_pairs,
@@ -282,15 +481,14 @@ impl Config {
 
     /// Settings of a VF added at run time.
     pub fn vf_default(&self, id: u16) -> VfSettings {
-        VfSettings {
-            id,
-            mac: MacAddr::for_vf(id),
-            socket: self.run_dir.join(format!("vf{id}.sock")),
-            mtu: DEFAULT_MTU,
-            link: LinkState::Auto,
-            rx_usecs: 0,
-            rx_frames: 0,
-        }
+        VfSettings::default_for(id, &self.run_dir)
+    }
+
+    /// What VF `id` is configured to be: its `[[vf]]` settings (with
+    /// defaults) if the file has it, else [`Config::vf_default`]. A
+    /// function-level reset returns the VF to this.
+    pub fn vf_configured(&self, id: u16) -> VfSettings {
+        self.vfs.iter().find(|v| v.id == id).cloned().unwrap_or_else(|| self.vf_default(id))
     }
 }
 
@@ -318,6 +516,54 @@ mod tests {
         assert_eq!(c.vfs[1].mtu, 9000);
         assert_eq!(c.vfs[1].link, LinkState::Disable);
         assert_eq!(c.vfs[0].socket, PathBuf::from("/tmp/x/vf0.sock"));
+    }
+
+    #[test]
+    fn policy_keys() {
+        let c = Config::parse(
+            "num_vfs = 3\n[[vf]]\nid = 1\nvlan = 10\nqos = 3\nspoofchk = \"off\"\ntrust = true\npromisc = \"on\"\n\
+             state = \"enable\"\nmax_tx_rate = 1000\nmin_tx_rate = 100\nweight = 10\n",
+        )
+        .unwrap();
+        let v = &c.vfs[1];
+        assert_eq!((v.vlan, v.qos, v.spoofchk, v.trust, v.promisc), (10, 3, false, true, true));
+        assert_eq!((v.link, v.max_tx_rate, v.min_tx_rate, v.weight), (LinkState::Enable, 1000, 100, 10));
+        // Defaults: spoof check on, untrusted, weight 1.
+        let d = &c.vfs[0];
+        assert_eq!((d.vlan, d.qos, d.spoofchk, d.trust, d.promisc, d.weight), (0, 0, true, false, false, 1));
+        assert_eq!(c.vf_configured(1), c.vfs[1]);
+        assert_eq!(c.vf_configured(7), c.vf_default(7));
+        let c = Config::parse("[[vf]]\nid = 0\nlink = \"down\"\n").unwrap();
+        assert_eq!(c.vfs[0].link, LinkState::Disable);
+    }
+
+    #[test]
+    fn policy_errors_name_the_line_and_the_setting() {
+        let e = err("num_vfs = 2\n\n[[vf]]\nid = 1\nvlan = 5000\n");
+        assert!(e.starts_with("line 3") && e.contains("vlan 5000"), "{e}");
+        let e = err("[[vf]]\nid = 1\nvlan = 70000\n");
+        assert!(e.starts_with("line 3"), "{e}");
+        let e = err("[[vf]]\nid = 1\nqos = 3\n");
+        assert!(e.starts_with("line 1") && e.contains("qos 3 needs a vlan"), "{e}");
+        let e = err("[[vf]]\nid = 1\nvlan = 2\nqos = 8\n");
+        assert!(e.contains("qos 8"), "{e}");
+        let e = err("[[vf]]\nid = 1\npromisc = \"on\"\n");
+        assert!(e.contains("promisc on needs a trusted VF"), "{e}");
+        let e = err("num_vfs = 2\n[[vf]]\nid = 1\nspoofchk = \"maybe\"\n");
+        assert!(e.starts_with("line 4") && e.contains("maybe"), "{e}");
+        let e = err("[[vf]]\nid = 1\nmax_tx_rate = 100\nmin_tx_rate = 200\n");
+        assert!(e.contains("min_tx_rate 200 is above max_tx_rate 100"), "{e}");
+        assert!(Config::parse("[[vf]]\nid = 1\nmin_tx_rate = 200\n").is_ok(), "no maximum: any minimum");
+        let e = err("[[vf]]\nid = 1\nweight = 0\n");
+        assert!(e.contains("weight 0"), "{e}");
+        let e = err("[[vf]]\nid = 1\nweight = 1001\n");
+        assert!(e.contains("weight 1001"), "{e}");
+        let e = err("[[vf]]\nid = 1\nmax_tx_rate = \"fast\"\n");
+        assert!(e.starts_with("line 3"), "{e}");
+        let e = err("[[vf]]\nid = 1\nstate = \"sideways\"\n");
+        assert!(e.starts_with("line 3"), "{e}");
+        let e = err("[[vf]]\nid = 1\nstate = \"enable\"\nlink = \"up\"\n");
+        assert!(e.contains("not both"), "{e}");
     }
 
     fn err(text: &str) -> String {

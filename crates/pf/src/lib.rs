@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod pf;
+pub mod uplink_config;
 
 pub use config::{Config, ConfigError, VfConfig};
 pub use pf::{Pf, PfError};

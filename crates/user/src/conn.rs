@@ -342,6 +342,35 @@ impl Conn {
     pub fn reset_device(&mut self) -> Result<()> {
         self.set_request(request::RESET_DEVICE, &[], &[])
     }
+
+    /// SET_BACKEND_REQ_FD: gives the backend one end of a fresh socket pair
+    /// for its own requests (config changes) and returns the other end.
+    pub fn set_backend_req_fd(&mut self) -> Result<BackendChannel> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|source| Error::Send { code: request::SET_BACKEND_REQ_FD, source })?;
+        self.set_request(request::SET_BACKEND_REQ_FD, &[], &[theirs.as_raw_fd()])?;
+        Ok(BackendChannel { conn: Conn::from_stream(ours) })
+    }
+}
+
+/// The front end's end of the backend request channel: the backend's
+/// requests (e.g. `CONFIG_CHANGE_MSG`) arrive here.
+#[derive(Debug)]
+pub struct BackendChannel {
+    conn: Conn,
+}
+
+impl BackendChannel {
+    /// Waits up to `timeout` for the backend's next request.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Reply> {
+        self.conn.recv_reply(timeout)
+    }
+
+    /// Answers a request that asked for an ack (NEED_REPLY) with `status`
+    /// (0 = success).
+    pub fn ack(&mut self, req: &Reply, status: u64) -> Result<()> {
+        self.conn.send(req.header.request, flags::VERSION | flags::REPLY, &proto::encode_u64(status), &[])
+    }
 }
 
 fn check_reply_header(code: u32, h: &Header) -> Result<()> {

@@ -14,7 +14,9 @@
 //! - [`memory`]: [`GuestMemory`], the shared memory and its two numberings (guest
 //!   physical vs. this process's virtual addresses).
 //! - [`ring`]: driver side of a split virtqueue ([`Vring`]), notification rules.
-//! - [`net`]: [`VirtioNet`], the handshake and the RX/TX data path.
+//! - [`net`]: [`VirtioNet`], the handshake, the RX/TX data path and the
+//!   optional control queue (the VF-to-PF mailbox); [`BackendChannel`]
+//!   receives the backend's own requests (config changes).
 //!
 //! `unsafe` is confined to `sys` (fd passing, poll, eventfd, memfd) and [`memory`]
 //! (mmap and the volatile/atomic accessors); everything else is safe code.
@@ -34,7 +36,7 @@ mod sys;
 #[cfg(test)]
 mod fake_backend;
 
-pub use conn::{Conn, Reply};
+pub use conn::{BackendChannel, Conn, Reply};
 pub use memory::GuestMemory;
 pub use net::{Options, Queue, Stats, VirtioNet, RX_QUEUE, TX_QUEUE};
 pub use proto::MemRegion;

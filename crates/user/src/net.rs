@@ -62,6 +62,10 @@ pub struct Options {
     pub fill_rx: bool,
     /// Reply and wait timeout (default 5 s).
     pub timeout: Duration,
+    /// Set up a control virtqueue at this vring index (negotiates CTRL_VQ;
+    /// the index is `2 * queue pairs` of the device, 2 for one pair).
+    /// Default `None`: no control queue.
+    pub ctrl_queue: Option<u16>,
 }
 
 impl Default for Options {
@@ -76,6 +80,7 @@ impl Default for Options {
             protocol_features: DEFAULT_PROTOCOL_FEATURES,
             fill_rx: true,
             timeout: DEFAULT_TIMEOUT,
+            ctrl_queue: None,
         }
     }
 }
@@ -112,6 +117,21 @@ pub enum Queue {
     Tx,
 }
 
+/// Ring size of the control queue.
+const CTRL_QUEUE_SIZE: u16 = 64;
+/// Longest control command data [`VirtioNet::ctrl_submit`] takes.
+pub const MAX_CTRL_DATA: usize = PAGE as usize - 16;
+
+/// The control queue: its ring and one page for the command in flight.
+#[derive(Debug)]
+struct CtrlQueue {
+    index: u16,
+    q: QueueState,
+    /// Command header + data; the ack byte is the page's last byte.
+    cmd_buf: u64,
+    in_flight: bool,
+}
+
 #[derive(Debug)]
 struct QueueState {
     ring: Vring,
@@ -142,6 +162,7 @@ pub struct VirtioNet {
     mac: Option<[u8; 6]>,
     rx: QueueState,
     tx: QueueState,
+    ctrl: Option<CtrlQueue>,
     rx_partial: Option<RxPartial>,
     scratch_next: u64,
     scratch_end: u64,
@@ -199,7 +220,11 @@ impl VirtioNet {
         conn.set_timeout(options.timeout);
         conn.set_owner()?;
         let offered = conn.get_features()?;
-        let mut features = options.features & offered;
+        let wanted = options.features | if options.ctrl_queue.is_some() { features::CTRL_VQ } else { 0 };
+        let mut features = wanted & offered;
+        if options.ctrl_queue.is_some() && features & features::CTRL_VQ == 0 {
+            return Err(Error::InvalidOptions("the backend does not offer a control queue"));
+        }
         let mut proto = 0;
         if offered & features::PROTOCOL_FEATURES != 0 {
             let offered_proto = conn.get_protocol_features()?;
@@ -252,6 +277,7 @@ impl VirtioNet {
             mac: None,
             rx,
             tx,
+            ctrl: None,
             rx_partial: None,
             scratch_next: scratch,
             scratch_end: base + size as u64,
@@ -264,6 +290,9 @@ impl VirtioNet {
         }
         for q in [RX_QUEUE, TX_QUEUE] {
             dev.setup_queue(q)?;
+        }
+        if let Some(index) = dev.options.ctrl_queue {
+            dev.setup_ctrl(index, event_idx)?;
         }
         if use_status {
             dev_status |= status::DRIVER_OK;
@@ -312,6 +341,122 @@ impl VirtioNet {
             self.conn.set_vring_enable(idx, true)?;
         }
         Ok(())
+    }
+
+    fn setup_ctrl(&mut self, index: u16, event_idx: bool) -> Result<()> {
+        let num = CTRL_QUEUE_SIZE;
+        let ring_bytes = align_up(
+            RingLayout::desc_size(num) + align_up(RingLayout::avail_size(num), 16) + RingLayout::used_size(num),
+            PAGE,
+        ) + PAGE;
+        let at = self.alloc_scratch(ring_bytes, PAGE)?;
+        let cmd_buf = self.alloc_scratch(PAGE, PAGE)?;
+        let avail = at + RingLayout::desc_size(num);
+        let layout = RingLayout { num, desc: at, avail, used: align_up(avail + RingLayout::avail_size(num), PAGE) };
+        let q = QueueState {
+            ring: Vring::new(layout, event_idx)?,
+            kick: EventFd::new().map_err(Error::EventFd)?,
+            call: EventFd::new().map_err(Error::EventFd)?,
+            buf_base: cmd_buf,
+            buf_size: PAGE as u32,
+        };
+        q.ring.init(&self.mem)?;
+        let user = |gpa: u64| self.mem.gpa_to_user(gpa).expect("the control ring lies in scratch memory");
+        let idx = u32::from(index);
+        let addr = VringAddr {
+            index: idx,
+            flags: 0,
+            desc_user_addr: user(layout.desc),
+            used_user_addr: user(layout.used),
+            avail_user_addr: user(layout.avail),
+            log_guest_addr: 0,
+        };
+        let slot = u8::try_from(index).map_err(|_| Error::InvalidOptions("control queue index above 255"))?;
+        self.conn.set_vring_num(idx, u32::from(num))?;
+        self.conn.set_vring_base(idx, 0)?;
+        self.conn.set_vring_addr(&addr)?;
+        self.conn.set_vring_kick(slot, Some(q.kick.as_raw_fd()))?;
+        self.conn.set_vring_call(slot, Some(q.call.as_raw_fd()))?;
+        if self.features & features::PROTOCOL_FEATURES != 0 {
+            self.conn.set_vring_enable(idx, true)?;
+        }
+        self.ctrl = Some(CtrlQueue { index, q, cmd_buf, in_flight: false });
+        Ok(())
+    }
+
+    /// Posts one control command (`class`, `cmd`, `data`) on the control
+    /// queue and kicks: a chain of the device-readable header and data and
+    /// a device-writable ack byte. One command at a time.
+    pub fn ctrl_submit(&mut self, class: u8, cmd: u8, data: &[u8]) -> Result<()> {
+        let Some(c) = self.ctrl.as_mut() else { return Err(Error::InvalidOptions("no control queue")) };
+        if c.in_flight {
+            return Err(Error::InvalidOptions("a control command is already in flight"));
+        }
+        if data.len() > MAX_CTRL_DATA {
+            return Err(Error::FrameTooLarge { len: data.len(), max: MAX_CTRL_DATA });
+        }
+        let ack = c.cmd_buf + PAGE - 1;
+        self.mem.write(c.cmd_buf, &[class, cmd])?;
+        self.mem.write(c.cmd_buf + 2, data)?;
+        self.mem.write(ack, &[0xff])?;
+        let mut descs = vec![Descriptor { addr: c.cmd_buf, len: 2, flags: 0, next: 0 }];
+        if !data.is_empty() {
+            descs.push(Descriptor { addr: c.cmd_buf + 2, len: data.len() as u32, flags: 0, next: 0 });
+        }
+        descs.push(Descriptor { addr: ack, len: 1, flags: DESC_F_WRITE, next: 0 });
+        let head = c.q.ring.add_chain(&self.mem, &descs)?;
+        c.q.ring.push_avail(&self.mem, head)?;
+        c.q.ring.publish(&self.mem)?;
+        c.q.ring.needs_kick(&self.mem)?;
+        c.q.kick.signal().map_err(Error::EventFdIo)?;
+        c.in_flight = true;
+        Ok(())
+    }
+
+    /// The answer to the command in flight, if the device gave it: the ack
+    /// byte (0 = `VIRTIO_NET_OK`, 1 = `VIRTIO_NET_ERR`).
+    ///
+    /// # Errors
+    /// `BadUsed` if the device completed the chain without writing the ack.
+    pub fn ctrl_poll(&mut self) -> Result<Option<u8>> {
+        let Some(c) = self.ctrl.as_mut() else { return Err(Error::InvalidOptions("no control queue")) };
+        let Some(elem) = c.q.ring.pop_used(&self.mem)? else { return Ok(None) };
+        c.in_flight = false;
+        let _ = c.q.call.take();
+        if elem.len != 1 {
+            return Err(Error::BadUsed(format!("control ack of {} bytes", elem.len)));
+        }
+        Ok(Some(self.mem.read_vec(c.cmd_buf + PAGE - 1, 1)?[0]))
+    }
+
+    /// Sends a control command and waits up to the options' timeout for
+    /// its ack byte.
+    pub fn ctrl_command(&mut self, class: u8, cmd: u8, data: &[u8]) -> Result<u8> {
+        self.ctrl_submit(class, cmd, data)?;
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            if let Some(ack) = self.ctrl_poll()? {
+                return Ok(ack);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            let c = self.ctrl.as_ref().expect("submitted above");
+            let slice = (Instant::now() + Duration::from_millis(10)).min(deadline);
+            c.q.call.wait(slice).map_err(Error::EventFdIo)?;
+        }
+    }
+
+    /// The control queue's vring index, if there is one.
+    pub fn ctrl_queue(&self) -> Option<u16> {
+        self.ctrl.as_ref().map(|c| c.index)
+    }
+
+    /// Gives the backend a request channel (`SET_BACKEND_REQ_FD`; negotiate
+    /// `BACKEND_REQ` in the options' protocol features) and returns the end
+    /// its requests arrive on.
+    pub fn open_backend_channel(&mut self) -> Result<crate::conn::BackendChannel> {
+        self.conn.set_backend_req_fd()
     }
 
     fn queue(&self, q: u16) -> &QueueState {

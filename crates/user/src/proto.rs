@@ -105,6 +105,15 @@ pub mod protocol_features {
     pub const STATUS: u64 = 1 << 16;
 }
 
+/// Requests the backend sends the front end on the backend request channel
+/// (`SET_BACKEND_REQ_FD`).
+pub mod backend_request {
+    /// `VHOST_USER_BACKEND_IOTLB_MSG`.
+    pub const IOTLB_MSG: u32 = 1;
+    /// `VHOST_USER_BACKEND_CONFIG_CHANGE_MSG`: re-read the config space.
+    pub const CONFIG_CHANGE_MSG: u32 = 2;
+}
+
 /// Virtio(-net) device feature masks (`VIRTIO_NET_F_*`, `VIRTIO_F_*`, as `1 << bit`).
 pub mod features {
     /// Device handles packets with partial checksum.

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# scripts/qos-bench.sh — transmit QoS with real DPDK clients.
+#
+# Three VFs flood a fourth: one dpdk-testpmd drives VF0..VF2 (net_virtio_user,
+# txonly, destination = VF3's MAC, source = each VF's own MAC so spoof check
+# passes); a second testpmd drains VF3 (rxonly). For each scenario the PF
+# settings come from a generated config; the rates each VF gets are read from
+# vfnic's counters over a steady window and set against what the settings
+# promise:
+#   max+weights  VF0 max_tx_rate=MAX, VF1 weight 1, VF2 weight 3
+#                promise: VF0 = MAX; VF1 : VF2 = 1 : 3 of the rest
+#   min          VF0 min_tx_rate=MIN, all weight 1
+#                promise: VF0 >= MIN (guarantee) while the others flood
+#   weights      weights 1, 2, 3   promise: shares 1/6, 2/6, 3/6 of the total
+# Prints a table (promised, measured, error %) and appends it with the exact
+# command to BENCHMARKS.md (APPEND=0 to skip).
+# Env: SECS=6 (measured window) WARMUP=2 SIZE=1024 (frame bytes) MAX=2000
+#      MIN=3000 (Mbit/s) VFNIC=target/release/vfnic SCENARIOS="max+weights min weights"
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VFNIC=${VFNIC:-$REPO/target/release/vfnic}
+SECS=${SECS:-6} WARMUP=${WARMUP:-2} SIZE=${SIZE:-1024} MAX=${MAX:-2000} MIN=${MIN:-3000}
+SCENARIOS=${SCENARIOS:-"max+weights min weights"}
+WORK=$(mktemp -d /tmp/vfnic-qos.XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
+mac() { printf '02:76:66:6e:00:%02x' "$1"; }
+
+[ -x "$VFNIC" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing: run scripts/setup.sh" >&2; exit 1; }
+
+# tx_bytes / rx_bytes of each VF from `vfnic stats --json`.
+counters() { "$VFNIC" --run-dir "$WORK/run" --json stats | python3 -c '
+import json,sys; v=json.load(sys.stdin)["vfs"]
+print(" ".join(str(x["tx_bytes"]) for x in v[:3]), v[3]["rx_bytes"])'; }
+
+run_scenario() {
+    local name=$1 cfg=$2
+    rm -rf "$WORK/run"; mkdir -p "$WORK/run"
+    printf 'run_dir = "%s"\nnum_vfs = 4\nengines = 1\n%b' "$WORK/run" "$cfg" > "$WORK/vfnic.toml"
+    "$VFNIC" run --config "$WORK/vfnic.toml" > "$WORK/vfnic-$name.log" 2>&1 & PIDS+=($!)
+    for _ in $(seq 100); do [ -S "$WORK/run/vfnic.sock" ] && break; sleep 0.1; done
+    local t=$((WARMUP + SECS + 15))
+    timeout -k 5 $t dpdk-testpmd -l 1,0 --main-lcore 1 -m 256 --no-pci --in-memory --single-file-segments --file-prefix="qrx$$" \
+        --vdev "net_virtio_user3,path=$WORK/run/vf3.sock,queues=1,mac=$(mac 3)" -- \
+        --no-mlockall --total-num-mbufs=8192 --forward-mode=rxonly --auto-start --stats-period 10 \
+        </dev/null > "$WORK/rx-$name.log" 2>&1 & PIDS+=($!)
+    sleep 1
+    timeout -k 5 $t dpdk-testpmd -l 0,1 --main-lcore 0 -m 512 --no-pci --in-memory --single-file-segments --file-prefix="qtx$$" \
+        --vdev "net_virtio_user0,path=$WORK/run/vf0.sock,queues=1,mac=$(mac 0)" \
+        --vdev "net_virtio_user1,path=$WORK/run/vf1.sock,queues=1,mac=$(mac 1)" \
+        --vdev "net_virtio_user2,path=$WORK/run/vf2.sock,queues=1,mac=$(mac 2)" -- \
+        --no-mlockall --total-num-mbufs=16384 --forward-mode=txonly --txpkts="$SIZE" \
+        --eth-peer=0,"$(mac 3)" --eth-peer=1,"$(mac 3)" --eth-peer=2,"$(mac 3)" --auto-start --stats-period 10 \
+        </dev/null > "$WORK/tx-$name.log" 2>&1 & PIDS+=($!)
+    sleep "$WARMUP"
+    local c0 c1 t0 t1
+    c0=$(counters); t0=$(date +%s.%N)
+    sleep "$SECS"
+    c1=$(counters); t1=$(date +%s.%N)
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=()
+    python3 - "$name" "$c0" "$c1" "$t0" "$t1" "$MAX" "$MIN" <<'PY'
+import sys
+name, c0, c1, t0, t1, mx, mn = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+dt = t1 - t0
+rate = [(int(b) - int(a)) * 8 / dt / 1e6 for a, b in zip(c0, c1)]   # Mbit/s: VF0..2 tx, VF3 rx
+tx, rx = rate[:3], rate[3]
+total = sum(tx)
+if name == "max+weights":
+    rest = total - tx[0]
+    promise = [mx, rest / 4, rest * 3 / 4]
+    kind = ["max_tx_rate", "weight 1 of rest", "weight 3 of rest"]
+elif name == "min":
+    promise = [mn, None, None]
+    kind = ["min_tx_rate (at least)", "weight 1", "weight 1"]
+else:
+    promise = [total / 6, total * 2 / 6, total * 3 / 6]
+    kind = ["weight 1", "weight 2", "weight 3"]
+for i in range(3):
+    p = promise[i]
+    if p is None:
+        print(f"| {name} | VF{i} | {kind[i]} | - | {tx[i]:.0f} | - |")
+        continue
+    err = (tx[i] - p) / p * 100
+    ok = (tx[i] >= p * 0.97) if name == "min" else abs(err) <= 3
+    print(f"| {name} | VF{i} | {kind[i]} | {p:.0f} | {tx[i]:.0f} | {err:+.1f}% {'ok' if ok else 'MISS'} |")
+print(f"| {name} | VF3 | received (all three) | - | {rx:.0f} | - |")
+PY
+}
+
+declare -A CFG=(
+    ["max+weights"]="[[vf]]\nid = 0\nmax_tx_rate = $MAX\n[[vf]]\nid = 1\nweight = 1\n[[vf]]\nid = 2\nweight = 3\n"
+    ["min"]="[[vf]]\nid = 0\nmin_tx_rate = $MIN\n"
+    ["weights"]="[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n"
+)
+OUT=$WORK/table.md
+{
+    echo "| scenario | VF | setting | promised Mbit/s | measured Mbit/s | error |"
+    echo "|---|---|---|---|---|---|"
+    for s in $SCENARIOS; do run_scenario "$s" "${CFG[$s]}"; done
+} | tee "$OUT"
+if [ "${APPEND:-1}" = 1 ]; then
+    {
+        echo
+        echo "## QoS: promised vs measured ($(date -u +%Y-%m-%d), commit $(git -C "$REPO" rev-parse --short HEAD))"
+        echo
+        echo "Command: \`SECS=$SECS WARMUP=$WARMUP SIZE=$SIZE MAX=$MAX MIN=$MIN bash scripts/qos-bench.sh\`"
+        echo "(three VFs flood a fourth with dpdk-testpmd txonly, ${SIZE}-byte frames; one engine; rates from vfnic's per-VF counters over ${SECS} s; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))"
+        echo
+        cat "$OUT"
+    } >> "$REPO/BENCHMARKS.md"
+fi

@@ -11,7 +11,8 @@ use vfnic_user::{Options, VirtioNet};
 const QUIET: Duration = Duration::from_millis(300);
 
 fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default()).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+    VirtioNet::connect(d.sock(vf), Options::default())
+        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
 }
 
 fn drops(d: &Daemon, vf: u16, reason: &str) -> u64 {
@@ -115,4 +116,27 @@ fn state_disable_stops_both_ways() {
     });
     assert!(a.recv_timeout(QUIET).unwrap().is_none());
     assert!(b.recv_timeout(QUIET).unwrap().is_none());
+}
+
+/// The VF-to-PF mailbox through the daemon's engines: an untrusted VF asking
+/// for promiscuous mode is refused (VIRTIO_NET_ERR, counted); a trusted one
+/// is granted and then receives other VFs' unicast.
+#[test]
+fn mailbox_promisc_by_policy() {
+    use vfnic_op::mailbox::{class, VIRTIO_NET_ERR, VIRTIO_NET_OK};
+    let d = Daemon::start("num_vfs = 4\n[[vf]]\nid = 3\ntrust = \"on\"\n");
+    let with_ctrl = || Options { ctrl_queue: Some(2), ..Options::default() };
+    let mut a = attach(&d, 0);
+    let mut b = attach(&d, 1);
+    let mut u = VirtioNet::connect(d.sock(2), with_ctrl()).unwrap();
+    let mut t = VirtioNet::connect(d.sock(3), with_ctrl()).unwrap();
+    let refused0 = d.counter(2, &["errors", "mailbox_refused"]);
+    assert_eq!(u.ctrl_command(class::RX, 0, &[1]).unwrap(), VIRTIO_NET_ERR, "untrusted: promisc refused");
+    assert_eq!(d.counter(2, &["errors", "mailbox_refused"]), refused0 + 1);
+    assert_eq!(t.ctrl_command(class::RX, 0, &[1]).unwrap(), VIRTIO_NET_OK, "trusted: promisc granted");
+    let uc = frame(vf_mac(1), vf_mac(0), 70, 8);
+    a.send(&uc).unwrap();
+    assert_eq!(b.recv_timeout(Duration::from_secs(5)).unwrap().unwrap(), uc);
+    assert_eq!(t.recv_timeout(Duration::from_secs(5)).unwrap().expect("mirror after the grant"), uc);
+    assert!(u.recv_timeout(QUIET).unwrap().is_none());
 }

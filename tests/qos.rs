@@ -11,7 +11,8 @@ use common::{frame, vf_mac, Daemon};
 use vfnic_user::{Options, VirtioNet};
 
 fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default()).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+    VirtioNet::connect(d.sock(vf), Options::default())
+        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
 }
 
 /// Floods `dst` from `tx` until `stop`, never waiting for the receiver.

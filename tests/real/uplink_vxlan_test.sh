@@ -20,11 +20,6 @@ set -euo pipefail
 
 uplink_init uplink_vxlan
 [ -x "$VFNIC" ] || fail "vfnic binary not found at $VFNIC (cargo build --release)"
-# TODO(lead): drop this guard once forward.rs hands frames to uplink::egress.
-if ! grep -q "uplink::egress" "$REPO_ROOT/crates/engine/src/forward.rs"; then
-    pass "SKIPPED: the engines do not call uplink::egress yet (VF -> uplink direction not wired)"
-    exit 0
-fi
 ns_add a
 ns_add b
 ns_add c

@@ -113,9 +113,11 @@ impl Fabric {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Nanoseconds since the fabric was made (the QoS clock).
+    /// Nanoseconds on the engines' clock (the TSC: no system call), for
+    /// QoS and the switch's ageing.
+    #[inline]
     pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        vfnic_dma::tsc::ns()
     }
 
     /// Attaches an uplink to the switch (its port number is `uplink.id`).

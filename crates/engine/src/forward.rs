@@ -113,6 +113,8 @@ pub struct Scratch {
     dest: Vec<Meta>,
     learn: Vec<(u16, MacAddr)>,
     ports: Vec<(u16, Policy)>,
+    /// A frame gathered for an uplink.
+    wire: Vec<u8>,
     rx: RxScratch,
 }
 
@@ -123,6 +125,7 @@ impl Default for Scratch {
             dest: Vec::with_capacity(BURST),
             learn: Vec::with_capacity(BURST),
             ports: Vec::with_capacity(64),
+            wire: Vec::with_capacity(64 * 1024),
             rx: RxScratch::default(),
         }
     }
@@ -162,6 +165,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         Pass::Guaranteed => u64::MAX,
         Pass::Shared { quantum } => {
             s.qos.deficit = s.qos.deficit.saturating_add(quantum * pol.weight as u64);
+            if s.qos.deficit < ETH_HLEN {
+                return 0;
+            }
             s.qos.deficit
         }
         Pass::Unlimited => u64::MAX,
@@ -213,7 +219,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
     let ingress = port_of(f);
-    let now_ms = fabric.now_ms();
+    let now_ms = now_ns / 1_000_000;
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
     scratch.dest.clear();
     scratch.learn.clear();
@@ -252,7 +258,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 scratch.dest.push(Meta { drop, ..nowhere });
                 continue;
             }
-            let domain = if pol.vlan != 0 { pol.vlan } else if tagged { vid } else { 0 };
+            let domain = if pol.vlan != 0 {
+                pol.vlan
+            } else if tagged {
+                vid
+            } else {
+                0
+            };
             // Frames of a burst mostly share their source: look it up once.
             if last_src != Some((domain, src)) {
                 last_src = Some((domain, src));
@@ -331,6 +343,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut any_unicast = false;
     for m in &scratch.dest {
         match m.dest {
+            Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => {}
             Dest::Port(p) => {
                 any_unicast = true;
                 if !scratch.ports.iter().any(|(q, _)| *q == p) {
@@ -374,6 +387,26 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         deliver_group(dest, frames, &mut scratch.rx);
     }
     drop(ports);
+
+    // 3b. The physical port: frames for addresses behind an uplink, and
+    // floods, leave through the uplinks (gathered into one buffer: the wire
+    // needs them contiguous).
+    if fabric.has_uplinks() {
+        for (chain, m) in scratch.tx[..n].iter().zip(&scratch.dest) {
+            let to = match m.dest {
+                Dest::Flood => None,
+                Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => {
+                    Some(vfnic_switch::PortId(p))
+                }
+                _ => continue,
+            };
+            scratch.wire.resize(m.len as usize, 0);
+            let mut cur = Cursor::new(chain);
+            cur.skip(hdr_len);
+            cur.gather(&mut scratch.wire);
+            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, None);
+        }
+    }
 
     // 4. Complete the TX chains (length 0: the device writes nothing into
     // TX buffers), in order: one publish, at most one interrupt.

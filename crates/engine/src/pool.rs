@@ -448,15 +448,19 @@ impl Doorbells {
         let mut kicks = Vec::new();
         let mut polling_only = false;
         for q in queues {
-            let s = q.func.tx(q.qp).lock();
-            match &s.kick {
-                Some(k) => {
-                    let k = k.try_clone()?;
-                    add(k.as_raw_fd(), kicks.len() as u64)?;
-                    kicks.push((k, q.func.clone()));
+            // The TX queue's doorbell, and (once per VF) the control queue's.
+            let vrings = std::iter::once(q.func.tx(q.qp)).chain((q.qp == 0).then(|| q.func.ctrl()));
+            for vr in vrings {
+                let s = vr.lock();
+                match &s.kick {
+                    Some(k) => {
+                        let k = k.try_clone()?;
+                        add(k.as_raw_fd(), kicks.len() as u64)?;
+                        kicks.push((k, q.func.clone()));
+                    }
+                    None if s.ready() => polling_only = true,
+                    None => {}
                 }
-                None if s.ready() => polling_only = true,
-                None => {}
             }
         }
         Ok(Doorbells { epoll, kicks, polling_only })
@@ -528,6 +532,11 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
                 t_prev = t;
                 work += n;
             }
+        }
+        // The VF-to-PF mailbox: outside every fabric and vring lock (the PF
+        // may take the VF table and the switch to apply a granted request).
+        for q in queues.iter().filter(|q| q.qp == 0) {
+            work += crate::mailbox::process_ctrl(&q.func);
         }
         let t = tsc::now();
         if work > 0 {

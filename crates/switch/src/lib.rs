@@ -191,9 +191,10 @@ impl Fdb {
         let k = Key { vlan, mac: src };
         match self.statics.get(&k) {
             Some(_) => true,
-            None => self.learned.get(&k).is_some_and(|e| {
-                e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2
-            }),
+            None => self
+                .learned
+                .get(&k)
+                .is_some_and(|e| e.port == port && now_ms.saturating_sub(e.last_seen_ms) < self.ageing_ms / 2),
         }
     }
 

@@ -11,7 +11,7 @@ use vfnic_op::{features, Function, VringState};
 use vfnic_types::{DropReason, ErrorKind};
 
 /// Most RX buffers one frame may be merged over (`MRG_RXBUF`).
-pub const MAX_MERGE: usize = 32;
+pub const MAX_MERGE: usize = 72;
 
 /// Reusable RX chains, so delivering allocates nothing.
 pub struct RxScratch {
@@ -71,22 +71,75 @@ pub struct Frame<'a> {
     pub len: u64,
     /// Tag edit on the way.
     pub tag: TagEdit,
+    /// Offload fields handed to the receiver in its virtio-net header
+    /// (checksum to complete, GSO type and size); the receiver accepted them.
+    pub offload: Offload,
+}
+
+/// The offload part of a virtio-net header (`num_buffers` excluded), as the
+/// receiver gets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// `NEEDS_CSUM` / `DATA_VALID`.
+    pub flags: u8,
+    /// GSO type (ECN bit included).
+    pub gso_type: u8,
+    /// Header length of a GSO frame.
+    pub hdr_len: u16,
+    /// MSS of a GSO frame.
+    pub gso_size: u16,
+    /// Checksum start.
+    pub csum_start: u16,
+    /// Checksum offset from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// The same, for a frame whose headers moved by `delta` bytes (a tag
+    /// stripped or inserted before the L3 header).
+    pub fn shifted(self, delta: i16) -> Offload {
+        let mv = |v: u16| if v == 0 { 0 } else { v.saturating_add_signed(delta) };
+        Offload { hdr_len: mv(self.hdr_len), csum_start: mv(self.csum_start), ..self }
+    }
+
+    /// Bytes 0..10 of the virtio-net header.
+    fn to_bytes(self) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b
+    }
 }
 
 impl<'a> Frame<'a> {
     /// A frame from a sender's TX chain, copied as is.
     pub fn from_chain(chain: &'a Chain, offset: u64, len: u64) -> Frame<'a> {
-        Frame { src: Source::Chain { chain, offset }, len, tag: TagEdit::Keep }
+        Frame { src: Source::Chain { chain, offset }, len, tag: TagEdit::Keep, offload: Offload::default() }
     }
 
     /// A frame from the daemon's own buffer, copied as is.
     pub fn from_bytes(bytes: &'a [u8]) -> Frame<'a> {
-        Frame { src: Source::Bytes(bytes), len: bytes.len() as u64, tag: TagEdit::Keep }
+        Frame { src: Source::Bytes(bytes), len: bytes.len() as u64, tag: TagEdit::Keep, offload: Offload::default() }
     }
 
-    /// The same frame with a tag edit.
+    /// The same frame with a tag edit (offload offsets follow the move).
     pub fn with_tag(self, tag: TagEdit) -> Frame<'a> {
-        Frame { tag, ..self }
+        let offload = match tag {
+            TagEdit::Keep => self.offload,
+            TagEdit::Strip => self.offload.shifted(-4),
+            TagEdit::Insert(_) => self.offload.shifted(4),
+        };
+        Frame { tag, offload, ..self }
+    }
+
+    /// The same frame handing `offload` to the receiver (set before any
+    /// tag edit).
+    pub fn with_offload(self, offload: Offload) -> Frame<'a> {
+        Frame { offload, ..self }
     }
 
     /// Length as delivered (after the tag edit).
@@ -238,6 +291,9 @@ pub fn deliver_group<'f>(
             Ok(()) => {
                 packets += 1;
                 bytes += frame.out_len();
+                if frame.offload.gso_type != 0 {
+                    dest.counters.gso_passed.inc();
+                }
             }
             Err(Fill::Drop(r)) => dest.counters.drop_frames(r, 1),
             Err(Fill::Fault(kind)) => {
@@ -378,8 +434,9 @@ fn fill(
         }
         return Err(Fill::Drop(DropReason::RxBufferTooSmall));
     }
-    // virtio_net_hdr: no offloads, num_buffers = buffers used.
+    // virtio_net_hdr: the offloads handed over, num_buffers = buffers used.
     let mut hdr = [0u8; 12];
+    hdr[..10].copy_from_slice(&frame.offload.to_bytes());
     hdr[10..12].copy_from_slice(&(taken as u16).to_le_bytes());
     let mut src = frame.reader();
     let mut left = frame.out_len();

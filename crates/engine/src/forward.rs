@@ -12,7 +12,12 @@ use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, MacAddr};
 
-use crate::deliver::{deliver_group, fault_queue, Frame, RxScratch, TagEdit};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
+
+use crate::deliver::{deliver_group, fault_queue, Frame, Offload, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
 
 /// Most chains taken from one TX queue before the engine moves on.
@@ -37,6 +42,8 @@ struct Meta {
     tagged: bool,
     /// Dropped before the switch, and why.
     drop: Option<DropReason>,
+    /// Offloads the sender asked for (checksum to complete, GSO).
+    offload: Offload,
 }
 
 /// Which turn of the engine's transmit arbitration a visit is.
@@ -57,6 +64,57 @@ pub enum Pass {
 /// are dropped instead (2 ms: a receiver that does not drain is not
 /// allowed to stall a sender for long).
 pub const BACKPRESSURE_NS: u64 = 2_000_000;
+
+/// Largest GSO frame a sender may hand over (64 KiB of IP plus headers).
+const MAX_GSO_FRAME: u64 = 65535 + ETH_HLEN + VLAN_HLEN;
+
+/// Delivers a frame whose offloads `dest` did not negotiate: the engine does
+/// the work a NIC would: segments a GSO frame to `dest`'s MTU (checksums
+/// computed), or completes a partial checksum. Two copies (gather, then
+/// deliver): the price of the receiver's missing feature.
+#[allow(clippy::too_many_arguments)]
+fn soft_offload(
+    dest: &Arc<Function>,
+    chain: &Chain,
+    hdr_len: u64,
+    m: &Meta,
+    tag: TagEdit,
+    wire: &mut Vec<u8>,
+    segmenter: &mut Segmenter,
+    rx: &mut RxScratch,
+) {
+    wire.resize(m.len as usize, 0);
+    let mut cur = Cursor::new(chain);
+    cur.skip(hdr_len);
+    cur.gather(wire);
+    let o = m.offload;
+    let vh = VirtioNetHdr {
+        flags: o.flags,
+        gso_type: o.gso_type,
+        hdr_len: o.hdr_len,
+        gso_size: o.gso_size,
+        csum_start: o.csum_start,
+        csum_offset: o.csum_offset,
+        num_buffers: 0,
+    };
+    if o.gso_type & !features::GSO_ECN != features::GSO_NONE {
+        dest.counters.gso_segmented.inc();
+        let r = segmenter.segment(wire, &vh, Some(dest.mtu()), |seg| {
+            deliver_group(dest, std::iter::once(Frame::from_bytes(seg).with_tag(tag)), rx);
+            ControlFlow::Continue(())
+        });
+        if r.is_err() {
+            dest.counters.drop_frames(DropReason::RxBadOffload, 1);
+        }
+    } else {
+        if complete_csum(wire, o.csum_start as usize, o.csum_offset as usize).is_err() {
+            dest.counters.drop_frames(DropReason::RxBadOffload, 1);
+            return;
+        }
+        dest.counters.csum_completed.inc();
+        deliver_group(dest, std::iter::once(Frame::from_bytes(wire).with_tag(tag)), rx);
+    }
+}
 
 /// Admits a frame of `len` bytes in `pass` against the budget and the
 /// VF's buckets, consuming them; false if it must wait.
@@ -113,8 +171,10 @@ pub struct Scratch {
     dest: Vec<Meta>,
     learn: Vec<(u16, MacAddr)>,
     ports: Vec<(u16, Policy)>,
-    /// A frame gathered for an uplink.
+    /// A frame gathered for an uplink or for software offload.
     wire: Vec<u8>,
+    /// Software segmentation for receivers without GSO.
+    segmenter: Segmenter,
     rx: RxScratch,
 }
 
@@ -126,6 +186,7 @@ impl Default for Scratch {
             learn: Vec::with_capacity(BURST),
             ports: Vec::with_capacity(64),
             wire: Vec::with_capacity(64 * 1024),
+            segmenter: Segmenter::new(),
             rx: RxScratch::default(),
         }
     }
@@ -218,6 +279,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
+    let acked = f.acked_features();
     let ingress = port_of(f);
     let now_ms = now_ns / 1_000_000;
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
@@ -227,22 +289,41 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let mut last_src = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
-            let nowhere = Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false, drop: None };
+            let nowhere =
+                Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false, drop: None, offload: Offload::default() };
             let len = chain.len().saturating_sub(hdr_len);
+            let mut vnet = [0u8; 12];
             let mut eth = [0u8; 16];
             if chain.len() >= hdr_len + ETH_HLEN {
                 let mut cur = Cursor::new(chain);
-                cur.skip(hdr_len);
+                cur.gather(&mut vnet[..hdr_len as usize]);
                 cur.gather(&mut eth);
             }
+            let vh = VirtioNetHdr::parse(&vnet).expect("12 bytes");
+            let flags = vh.flags & features::HDR_F_NEEDS_CSUM;
+            let offload = Offload {
+                flags,
+                gso_type: vh.gso_type,
+                hdr_len: vh.hdr_len,
+                gso_size: vh.gso_size,
+                csum_start: vh.csum_start,
+                csum_offset: vh.csum_offset,
+            };
+            let wants_offload = flags != 0 || vh.gso_type != features::GSO_NONE;
+            let gso = vh.gso_type & !features::GSO_ECN != features::GSO_NONE;
             let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
             let src = MacAddr::from_slice(&eth[6..12]).expect("6 bytes");
             let tagged = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_8021Q;
             let vid = u16::from_be_bytes([eth[14], eth[15]]) & 0x0fff;
             let drop = if len < ETH_HLEN || (tagged && len < ETH_HLEN + VLAN_HLEN) {
                 Some(DropReason::TxRunt)
-            } else if len > max_frame {
+            } else if len > if gso { MAX_GSO_FRAME } else { max_frame } {
                 Some(DropReason::TxOversize)
+            } else if wants_offload
+                && (!features::may_send(acked, flags, vh.gso_type)
+                    || VirtioNetHdr { flags, ..vh }.check(len as usize).is_err())
+            {
+                Some(DropReason::TxBadOffload)
             } else if !pol.enabled {
                 Some(DropReason::TxLinkDown)
             } else if pol.spoofchk && src != pol.mac {
@@ -277,7 +358,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 Forward::Flood => (Dest::Flood, None),
                 Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
             };
-            scratch.dest.push(Meta { dest, len, domain, tagged, drop });
+            scratch.dest.push(Meta { dest, len, domain, tagged, drop, offload });
         }
     }
     if !scratch.learn.is_empty() {
@@ -372,19 +453,42 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     for &(p, pp) in &scratch.ports {
         let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
         let connected = dest.connected();
-        let frames = scratch.tx[..n].iter().zip(&scratch.dest).filter_map(|(chain, m)| {
+        let racked = dest.acked_features();
+        let for_p = |m: &Meta| -> Option<TagEdit> {
             let to_p = match m.dest {
                 Dest::Port(q) => q == p || (pp.promisc && connected),
                 Dest::Flood => connected,
                 Dest::Nowhere => false,
             };
-            if !to_p || pp.vlan != m.domain {
-                return None;
+            (to_p && pp.vlan == m.domain).then_some(if m.tagged && pp.vlan != 0 {
+                TagEdit::Strip
+            } else {
+                TagEdit::Keep
+            })
+        };
+        let accepts = |m: &Meta| features::may_receive(racked, m.offload.flags, m.offload.gso_type);
+        let frame =
+            |chain, m: &Meta, tag| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload).with_tag(tag);
+        if scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
+            // Fast path: the receiver takes every offload as it is (or there
+            // is none): one group, one copy each, headers passed through.
+            let frames = scratch.tx[..n]
+                .iter()
+                .zip(&scratch.dest)
+                .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
+            deliver_group(dest, frames, &mut scratch.rx);
+            continue;
+        }
+        // Some frame needs software offload for this receiver: deliver in
+        // order, frame by frame.
+        for (chain, m) in scratch.tx[..n].iter().zip(&scratch.dest) {
+            let Some(tag) = for_p(m) else { continue };
+            if accepts(m) {
+                deliver_group(dest, std::iter::once(frame(chain, m, tag)), &mut scratch.rx);
+            } else {
+                soft_offload(dest, chain, hdr_len, m, tag, &mut scratch.wire, &mut scratch.segmenter, &mut scratch.rx);
             }
-            let tag = if m.tagged && pp.vlan != 0 { TagEdit::Strip } else { TagEdit::Keep };
-            Some(Frame::from_chain(chain, hdr_len, m.len).with_tag(tag))
-        });
-        deliver_group(dest, frames, &mut scratch.rx);
+        }
     }
     drop(ports);
 
@@ -404,7 +508,18 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let mut cur = Cursor::new(chain);
             cur.skip(hdr_len);
             cur.gather(&mut scratch.wire);
-            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, None);
+            let o = m.offload;
+            let vh = VirtioNetHdr {
+                flags: o.flags,
+                gso_type: o.gso_type,
+                hdr_len: o.hdr_len,
+                gso_size: o.gso_size,
+                csum_start: o.csum_start,
+                csum_offset: o.csum_offset,
+                num_buffers: 0,
+            };
+            let wants = o.flags != 0 || o.gso_type != features::GSO_NONE;
+            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, wants.then_some(&vh));
         }
     }
 

@@ -4,7 +4,9 @@ use virtio_bindings::virtio_config::{
     VIRTIO_F_IN_ORDER, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1,
 };
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
@@ -28,7 +30,55 @@ pub const OFFERED: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_F_NOTIFY_ON_EMPTY)
     | bit(VIRTIO_F_RING_PACKED)
     | bit(VIRTIO_F_IN_ORDER)
+    | OFFLOADS
     | PROTOCOL_FEATURES;
+
+/// Checksum and segmentation offloads, both directions.
+pub const OFFLOADS: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN);
+
+/// `virtio_net_hdr.flags`: the device must complete the checksum.
+pub const HDR_F_NEEDS_CSUM: u8 = 1;
+/// `gso_type` values.
+pub const GSO_NONE: u8 = 0;
+/// TCP over IPv4.
+pub const GSO_TCPV4: u8 = 1;
+/// TCP over IPv6.
+pub const GSO_TCPV6: u8 = 4;
+/// ECN bit of `gso_type`.
+pub const GSO_ECN: u8 = 0x80;
+
+/// Whether a driver with `features` may *send* a header with these fields.
+pub fn may_send(features: u64, flags: u8, gso_type: u8) -> bool {
+    let csum_ok = flags & HDR_F_NEEDS_CSUM == 0 || has(features, VIRTIO_NET_F_CSUM);
+    let ecn_ok = gso_type & GSO_ECN == 0 || has(features, VIRTIO_NET_F_HOST_ECN);
+    let gso_ok = match gso_type & !GSO_ECN {
+        GSO_NONE => true,
+        GSO_TCPV4 => has(features, VIRTIO_NET_F_HOST_TSO4),
+        GSO_TCPV6 => has(features, VIRTIO_NET_F_HOST_TSO6),
+        _ => false,
+    };
+    csum_ok && ecn_ok && gso_ok
+}
+
+/// Whether a driver with `features` may *receive* a header with these fields.
+pub fn may_receive(features: u64, flags: u8, gso_type: u8) -> bool {
+    let csum_ok = flags & HDR_F_NEEDS_CSUM == 0 || has(features, VIRTIO_NET_F_GUEST_CSUM);
+    let ecn_ok = gso_type & GSO_ECN == 0 || has(features, VIRTIO_NET_F_GUEST_ECN);
+    let gso_ok = match gso_type & !GSO_ECN {
+        GSO_NONE => true,
+        GSO_TCPV4 => has(features, VIRTIO_NET_F_GUEST_TSO4),
+        GSO_TCPV6 => has(features, VIRTIO_NET_F_GUEST_TSO6),
+        _ => false,
+    };
+    csum_ok && ecn_ok && gso_ok
+}
 
 /// True if `features` has feature number `n`.
 pub const fn has(features: u64, n: u32) -> bool {

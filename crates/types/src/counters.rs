@@ -73,6 +73,9 @@ reasons! {
         /// Held back by the VF's max_tx_rate and then given up (counted
         /// only when frames are dropped, not when they wait).
         TxRateLimited => "tx_dropped_rate_limited",
+        /// An offload request (checksum/GSO header) not negotiated or not
+        /// consistent with the frame.
+        TxBadOffload => "tx_dropped_bad_offload",
         /// The receiver had no RX buffer posted.
         RxNoBuffer => "rx_dropped_no_buffer",
         /// The receiver's buffer chain cannot hold the frame.
@@ -83,6 +86,9 @@ reasons! {
         RxLinkDown => "rx_dropped_link_down",
         /// The receiver has no tenant attached or its RX queue is not started.
         RxNotReady => "rx_dropped_not_ready",
+        /// An offload the engine does in software for a receiver without the
+        /// feature failed on malformed headers.
+        RxBadOffload => "rx_dropped_bad_offload",
     }
 }
 
@@ -148,6 +154,14 @@ pub struct VfCounters {
     pub interrupts: Counter,
     /// Times the tenant connected.
     pub connects: Counter,
+    /// GSO frames for this receiver that the engine segmented in software
+    /// (it did not negotiate GUEST_TSO).
+    pub gso_segmented: Counter,
+    /// Partial checksums the engine completed in software for this
+    /// receiver (it did not negotiate GUEST_CSUM).
+    pub csum_completed: Counter,
+    /// GSO frames delivered whole (passed through unsegmented).
+    pub gso_passed: Counter,
     drops: [Counter; DropReason::ALL.len()],
     errors: [Counter; ErrorKind::ALL.len()],
 }
@@ -189,6 +203,9 @@ impl VfCounters {
             kicks: self.kicks.get(),
             interrupts: self.interrupts.get(),
             connects: self.connects.get(),
+            gso_segmented: self.gso_segmented.get(),
+            csum_completed: self.csum_completed.get(),
+            gso_passed: self.gso_passed.get(),
             drops,
             errors: ErrorKind::ALL.iter().map(|k| (k.as_str(), self.errors(*k))).collect(),
         }
@@ -216,6 +233,12 @@ pub struct VfCountersSnapshot {
     pub interrupts: u64,
     /// Tenant connections accepted.
     pub connects: u64,
+    /// GSO frames segmented in software for this receiver.
+    pub gso_segmented: u64,
+    /// Checksums completed in software for this receiver.
+    pub csum_completed: u64,
+    /// GSO frames delivered unsegmented.
+    pub gso_passed: u64,
     /// Drops by reason.
     pub drops: BTreeMap<&'static str, u64>,
     /// Tenant faults by kind.
@@ -238,6 +261,6 @@ mod tests {
         let s = c.snapshot();
         assert_eq!(s.tx_dropped + s.rx_dropped, DropReason::ALL.len() as u64);
         assert_eq!(s.errors.values().sum::<u64>(), ErrorKind::ALL.len() as u64);
-        assert_eq!(s.tx_dropped, 8);
+        assert_eq!(s.tx_dropped, 9);
     }
 }

@@ -164,6 +164,7 @@ pub struct VirtioNet {
     tx: QueueState,
     ctrl: Option<CtrlQueue>,
     rx_partial: Option<RxPartial>,
+    last_rx_hdr: [u8; 12],
     scratch_next: u64,
     scratch_end: u64,
     stats: Stats,
@@ -279,6 +280,7 @@ impl VirtioNet {
             tx,
             ctrl: None,
             rx_partial: None,
+            last_rx_hdr: [0; 12],
             scratch_next: scratch,
             scratch_end: base + size as u64,
             stats: Stats::default(),
@@ -598,15 +600,43 @@ impl VirtioNet {
         result
     }
 
+    /// Sends one frame with the given virtio-net header (offload requests:
+    /// `NEEDS_CSUM`, GSO type and size). Only the first `hdr_len()` bytes of
+    /// `hdr` are used.
+    pub fn send_with_hdr(&mut self, hdr: &[u8; 12], frame: &[u8]) -> Result<()> {
+        let max = self.tx.buf_size as usize - self.hdr_len;
+        if frame.len() > max {
+            return Err(Error::FrameTooLarge { len: frame.len(), max });
+        }
+        let mut posted = 0usize;
+        let result = self.post_tx_frames_hdr(&[frame], &hdr[..self.hdr_len], &mut posted);
+        if posted > 0 {
+            self.tx.ring.publish(&self.mem)?;
+            self.stats.tx_packets += posted as u64;
+            self.kick_if_needed(TX_QUEUE)?;
+        }
+        result
+    }
+
+    /// The virtio-net header of the last frame `recv` returned (zeros
+    /// beyond `hdr_len()`).
+    pub fn last_rx_hdr(&self) -> [u8; 12] {
+        self.last_rx_hdr
+    }
+
     fn post_tx_frames(&mut self, frames: &[&[u8]], posted: &mut usize) -> Result<()> {
-        let hdr = vec![0u8; self.hdr_len];
+        let hdr = [0u8; 12];
+        self.post_tx_frames_hdr(frames, &hdr[..self.hdr_len], posted)
+    }
+
+    fn post_tx_frames_hdr(&mut self, frames: &[&[u8]], hdr: &[u8], posted: &mut usize) -> Result<()> {
         for frame in frames {
             self.wait_tx_slot(*posted > 0)?;
             let size = self.tx.buf_size;
             let len = u32::try_from(self.hdr_len + frame.len()).expect("frame length bounded by tx_buf_size");
             let head = self.tx.ring.add_chain(&self.mem, &[Descriptor { addr: 0, len, flags: 0, next: 0 }])?;
             let addr = self.tx.buf_base + u64::from(head) * u64::from(size);
-            self.mem.write(addr, &hdr)?;
+            self.mem.write(addr, hdr)?;
             self.mem.write(addr + self.hdr_len as u64, frame)?;
             self.tx.ring.write_desc(&self.mem, head, &Descriptor { addr, len, flags: 0, next: 0 })?;
             self.tx.ring.push_avail(&self.mem, head)?;
@@ -720,6 +750,8 @@ impl VirtioNet {
                         return Err(Error::BadUsed(format!("rx len {} shorter than the net header", data.len())));
                     }
                     let nbufs = if mrg { u16::from_le_bytes([data[10], data[11]]) } else { 1 };
+                    self.last_rx_hdr = [0; 12];
+                    self.last_rx_hdr[..self.hdr_len].copy_from_slice(&data[..self.hdr_len]);
                     if nbufs == 0 || nbufs > self.rx.ring.num() {
                         return Err(Error::BadUsed(format!("num_buffers {nbufs}")));
                     }

@@ -133,6 +133,15 @@ check_vfnic_after() {
     [ "$b0_rx" -ge "$IPERF_RECV" ] || fail "VF0 rx_bytes=$b0_rx, below the $IPERF_RECV bytes iperf3 received"
     [ "$p0_tx" -gt 0 ] || fail "VF0 sent nothing (ACKs expected)"
     [ "$p1_rx" -gt 0 ] || fail "VF1 received nothing (ACKs expected)"
+    # Offloads: the guests negotiate TSO and checksum offload both ways, so
+    # the stream crosses vfnic as large segments, unsegmented (one copy).
+    local p1_tx gso
+    vf_get p1_tx "$stats" 1 tx_packets
+    vf_get gso "$stats" 0 gso_passed
+    [ "$gso" -gt 0 ] || fail "no GSO segment was passed through to VF0 (offloads not negotiated?)"
+    [ $((p1_tx * 1514)) -lt $((b1_tx / 4)) ] ||
+        fail "VF1 sent $p1_tx frames for $b1_tx bytes: the stream was not carried in large segments"
+    say "offloads: $b1_tx bytes in $p1_tx frames ($((b1_tx / p1_tx)) B average), $gso GSO segments passed through unsegmented"
 }
 
 main() {

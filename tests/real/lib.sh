@@ -10,6 +10,7 @@
 #                          (its counters) are skipped then.
 #   VFNIC=path             the daemon binary (default target/release/vfnic)
 #   NUM_VFS=4 ENGINES=1    written into the generated vfnic config
+#   VFNIC_EXTRA_CONFIG=..  more TOML lines for it (e.g. "queue_pairs = 2")
 #   WORK_ROOT=/tmp         where the per-run work dir (logs, sockets) goes
 #   KEEP=1                 keep the work dir even when the suite passed
 #
@@ -216,6 +217,7 @@ write_vfnic_config() {
 num_vfs = $NUM_VFS
 engines = $ENGINES
 run_dir = "$RUN"
+${VFNIC_EXTRA_CONFIG:-}
 EOF
 }
 
@@ -302,3 +304,101 @@ vf_summary() {
     jq -r --argjson id "$2" '.vfs[] | select(.id == $id) |
         "VF\(.id) \(.mac) link=\(.link) connected=\(.connected) tx=\(.tx_packets)p/\(.tx_bytes)B rx=\(.rx_packets)p/\(.rx_bytes)B tx_dropped=\(.tx_dropped) rx_dropped=\(.rx_dropped)"' "$1"
 }
+
+# ---------------------------------------------------------------- QEMU guests
+# Helpers for suites that boot the test guest of scripts/build-guest.sh
+# (qemu_pair.sh keeps its own copies). Env: GUEST_DIR=.cache/guest,
+# QEMU=qemu-system-x86_64, GUEST_MEM=256 (MiB), GUEST_SMP=1.
+
+# ensure_guest_image: run scripts/build-guest.sh, which rebuilds the guest
+# only when its cache key changed (so a guest from before a new tool or
+# /init knob was added is refreshed); about a second when current.
+ensure_guest_image() {
+    bash "$REPO_ROOT/scripts/build-guest.sh" "${GUEST_DIR:-$REPO_ROOT/.cache/guest}" \
+        >"$WORK/build-guest.log" 2>&1 || fail "scripts/build-guest.sh failed"
+}
+
+# qemu_guest NAME VF SECS NETDEV_OPTS DEVICE_OPTS KERNEL_ARGS...: one TCG
+# guest on RUN/vfVF.sock. NETDEV_OPTS / DEVICE_OPTS are appended to the
+# -netdev vhost-user / -device virtio-net-pci options (start them with ',':
+# ",queues=2" and ",mq=on"). vectors=0: QEMU 7.2 + TCG + vhost-user crashes
+# with MSI-X (see qemu_pair.sh).
+qemu_guest() {
+    local name=$1 vf=$2 secs=$3 nopts=$4 dopts=$5
+    local dir=${GUEST_DIR:-$REPO_ROOT/.cache/guest} mem=${GUEST_MEM:-256}
+    shift 5
+    spawn "$name" "$secs" "${QEMU:-qemu-system-x86_64}" \
+        -M pc,memory-backend=mem -accel tcg -cpu max -smp "${GUEST_SMP:-1}" -m "$mem" \
+        -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+        -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
+        -append "console=ttyS0 quiet panic=-1 $*" \
+        -object "memory-backend-memfd,id=mem,size=${mem}M,share=on" \
+        -chardev "socket,id=vhu,path=$RUN/vf$vf.sock" \
+        -netdev "vhost-user,id=net0,chardev=vhu$nopts" \
+        -device "virtio-net-pci,netdev=net0,mac=$(vf_mac "$vf"),vectors=0,romfile=$dopts"
+}
+
+# guest_console NAME: NAME's serial log without CRs and terminal escapes.
+guest_console() { tr -d '\r' <"$WORK/$1.log" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g'; }
+
+# guest_report CONSOLE WHEN WHAT: one VFNIC-REPORT block (vfnic.report=1) of
+# a console file; WHEN is start|end, WHAT is k|l|S|snmp.
+guest_report() {
+    awk -v hdr="VFNIC-REPORT-BEGIN when=$2 what=$3" '
+        $0 == hdr { on = 1; next }
+        on && $0 == "VFNIC-REPORT-END" { exit }
+        on { print }' "$1"
+}
+
+# guest_stat VAR CONSOLE WHEN NAME: one `ethtool -S eth0` counter (0 if absent).
+guest_stat() {
+    local v
+    v=$(guest_report "$2" "$3" S | awk -v n="$4:" '{ sub(/^[ \t]+/, "") } $1 == n { print $2; exit }')
+    printf -v "$1" '%s' "${v:-0}"
+}
+
+# guest_snmp VAR CONSOLE WHEN PROTO FIELD: a /proc/net/snmp counter
+# (PROTO Tcp|Udp, FIELD e.g. InCsumErrors, RetransSegs); empty if absent.
+guest_snmp() {
+    local v
+    v=$(guest_report "$2" "$3" snmp | awk -v p="$4:" -v f="$5" '
+        $1 == p && !hdr { for (i = 2; i <= NF; i++) col[$i] = i; hdr = 1; next }
+        $1 == p && hdr { if (f in col) print $(col[f]); exit }')
+    printf -v "$1" '%s' "$v"
+}
+
+# guest_offload CONSOLE WHEN FEATURE: its `ethtool -k eth0` state ("on",
+# "off", "off [fixed]"...), e.g. FEATURE=tcp-segmentation-offload.
+guest_offload() {
+    guest_report "$1" "$2" k | awk -v f="$3:" '{ sub(/^[ \t]+/, "") } $1 == f { $1 = ""; sub(/^ /, ""); print; exit }'
+}
+
+# guest_iperf_json CONSOLE PREFIX OUT: the JSON between PREFIX-JSON-BEGIN
+# and PREFIX-JSON-END (PREFIX IPERF or IPERF-R) into OUT; fails if unreadable.
+guest_iperf_json() {
+    sed -n "/^$2-JSON-BEGIN\$/,/^$2-JSON-END\$/p" "$1" | sed '1d;$d' >"$3"
+    jq -e . "$3" >/dev/null 2>&1 || fail "iperf3 JSON ($2) unreadable (see $3)"
+}
+
+# virtio_features_names BITS: the names of the set bits of a virtio-net
+# feature string as /sys/class/net/eth0/device/features prints it (bit 0
+# first), e.g. "CSUM,GUEST_CSUM,...".
+virtio_features_names() {
+    awk -v b="$1" 'BEGIN {
+        split("0:CSUM 1:GUEST_CSUM 2:CTRL_GUEST_OFFLOADS 3:MTU 5:MAC 7:GUEST_TSO4 " \
+              "8:GUEST_TSO6 9:GUEST_ECN 10:GUEST_UFO 11:HOST_TSO4 12:HOST_TSO6 " \
+              "13:HOST_ECN 14:HOST_UFO 15:MRG_RXBUF 16:STATUS 17:CTRL_VQ 18:CTRL_RX " \
+              "19:CTRL_VLAN 20:CTRL_RX_EXTRA 21:GUEST_ANNOUNCE 22:MQ 23:CTRL_MAC_ADDR " \
+              "28:INDIRECT_DESC 29:EVENT_IDX 32:VERSION_1 33:ACCESS_PLATFORM " \
+              "34:RING_PACKED 35:IN_ORDER", kv, " ")
+        for (k in kv) { split(kv[k], p, ":"); name[p[1]] = p[2] }
+        names = ""
+        for (i = 0; i < length(b); i++)
+            if (substr(b, i + 1, 1) == "1")
+                names = names (names == "" ? "" : ",") (i in name ? name[i] : "bit" i)
+        print names
+    }'
+}
+
+# has_feature BITS N: is virtio feature bit N set in BITS?
+has_feature() { [ "${1:$2:1}" = 1 ]; }

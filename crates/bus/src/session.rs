@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 use vfnic_dma::{GuestMemory, RingAddrs};
-use vfnic_op::features::{self, OFFERED, PROTOCOL_FEATURES};
+use vfnic_op::features::{self, PROTOCOL_FEATURES};
 use vfnic_op::mailbox::BackendChannel;
 use vfnic_op::{Doorbell, Function};
 use vfnic_types::ErrorKind;
@@ -257,12 +257,13 @@ impl Session {
         let f = self.func.clone();
         let u64_reply = |v: u64| Ok(Some(v.to_le_bytes().to_vec()));
         match req {
-            Request::GetFeatures => u64_reply(OFFERED),
+            Request::GetFeatures => u64_reply(f.offered_features()),
             Request::SetFeatures(v) => {
-                if v & !OFFERED != 0 {
+                let offered = f.offered_features();
+                if v & !offered != 0 {
                     return Err(refuse(
                         ErrorKind::MsgRefused,
-                        format!("features {:#x} were not offered", v & !OFFERED),
+                        format!("features {:#x} were not offered", v & !offered),
                     ));
                 }
                 f.set_acked_features(v);

@@ -265,6 +265,16 @@ pub fn deliver_group<'f>(
     frames: impl Iterator<Item = Frame<'f>>,
     scratch: &mut RxScratch,
 ) -> u64 {
+    deliver_group_to(dest, 0, frames, scratch)
+}
+
+/// [`deliver_group`] into RX queue pair `qp` of `dest` (RSS picks it).
+pub fn deliver_group_to<'f>(
+    dest: &Arc<Function>,
+    qp: u16,
+    frames: impl Iterator<Item = Frame<'f>>,
+    scratch: &mut RxScratch,
+) -> u64 {
     let mut frames = frames.peekable();
     if frames.peek().is_none() {
         return 0;
@@ -273,7 +283,7 @@ pub fn deliver_group<'f>(
         dest.counters.drop_frames(DropReason::RxLinkDown, frames.count() as u64);
         return 0;
     }
-    let rx = dest.rx(0);
+    let rx = dest.rx(qp.min(dest.queue_pairs() - 1));
     let mut s = rx.lock();
     if !s.ready() {
         dest.counters.drop_frames(DropReason::RxNotReady, frames.count() as u64);
@@ -308,7 +318,7 @@ pub fn deliver_group<'f>(
         fault = Some(ErrorKind::MemoryRevoked);
     }
     if packets > 0 {
-        moderate(dest, &mut s, packets as u32, &mut scratch.armed);
+        moderate(dest, qp, &mut s, packets as u32, &mut scratch.armed);
     }
     if let Some(kind) = fault {
         dest.counters.drop_frames(DropReason::RxBadDescriptor, frames.count() as u64);
@@ -316,13 +326,16 @@ pub fn deliver_group<'f>(
     }
     dest.counters.rx_packets.add(packets);
     dest.counters.rx_bytes.add(bytes);
+    let qc = dest.queue_counters(rx.index / 2);
+    qc.rx_packets.add(packets);
+    qc.rx_bytes.add(bytes);
     packets
 }
 
 /// Raises or holds the interrupt for `packets` new frames on `dest`'s RX
 /// ring, per its moderation settings (ethtool `rx-usecs`/`rx-frames`). A held
 /// interrupt is armed in `armed`; the engine fires it by its deadline.
-fn moderate(dest: &Arc<Function>, s: &mut VringState, packets: u32, armed: &mut Vec<Armed>) {
+fn moderate(dest: &Arc<Function>, qp: u16, s: &mut VringState, packets: u32, armed: &mut Vec<Armed>) {
     let (usecs, frames) = dest.moderation();
     if usecs == 0 && frames == 0 {
         if s.interrupt() {
@@ -340,8 +353,8 @@ fn moderate(dest: &Arc<Function>, s: &mut VringState, packets: u32, armed: &mut 
         if s.interrupt() {
             dest.counters.interrupts.inc();
         }
-    } else if !armed.iter().any(|a| Arc::ptr_eq(&a.func, dest)) {
-        armed.push(Armed { func: dest.clone() });
+    } else if !armed.iter().any(|a| a.qp == qp && Arc::ptr_eq(&a.func, dest)) {
+        armed.push(Armed { func: dest.clone(), qp });
     }
 }
 
@@ -350,6 +363,7 @@ fn moderate(dest: &Arc<Function>, s: &mut VringState, packets: u32, armed: &mut 
 /// early (by frame count) and a new batch begun since are never confused.
 pub struct Armed {
     func: Arc<Function>,
+    qp: u16,
 }
 
 impl RxScratch {
@@ -363,7 +377,7 @@ impl RxScratch {
     pub fn fire_due(&mut self, all: bool) -> usize {
         let now = tsc::now();
         self.armed.retain(|a| {
-            let mut s = a.func.rx(0).lock();
+            let mut s = a.func.rx(a.qp).lock();
             if s.irq_pending == 0 {
                 return false;
             }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
-use crate::deliver::{deliver_group, fault_queue, Frame, Offload, RxScratch, TagEdit};
+use crate::deliver::{deliver_group_to, fault_queue, Frame, Offload, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
+use crate::rss;
 
 /// Most chains taken from one TX queue before the engine moves on.
 pub const BURST: usize = 64;
@@ -65,6 +66,42 @@ pub enum Pass {
 /// allowed to stall a sender for long).
 pub const BACKPRESSURE_NS: u64 = 2_000_000;
 
+/// The receiver's RX queue pairs that are up (enabled and started), in
+/// order; at most 16.
+fn active_rx_queues(d: &Function) -> ArrayQueues {
+    let mut out = ArrayQueues::default();
+    for qp in 0..d.queue_pairs().min(16) {
+        if d.rx(qp).lock().ready() {
+            out.push(qp);
+        }
+    }
+    out
+}
+
+/// A small fixed list of queue pair numbers (no allocation per burst).
+#[derive(Default, Clone, Copy)]
+struct ArrayQueues {
+    q: [u16; 16],
+    n: usize,
+}
+
+impl ArrayQueues {
+    fn push(&mut self, qp: u16) {
+        if self.n < 16 {
+            self.q[self.n] = qp;
+            self.n += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for ArrayQueues {
+    type Target = [u16];
+
+    fn deref(&self) -> &[u16] {
+        &self.q[..self.n]
+    }
+}
+
 /// Largest GSO frame a sender may hand over (64 KiB of IP plus headers).
 const MAX_GSO_FRAME: u64 = 65535 + ETH_HLEN + VLAN_HLEN;
 
@@ -75,6 +112,7 @@ const MAX_GSO_FRAME: u64 = 65535 + ETH_HLEN + VLAN_HLEN;
 #[allow(clippy::too_many_arguments)]
 fn soft_offload(
     dest: &Arc<Function>,
+    qp: u16,
     chain: &Chain,
     hdr_len: u64,
     m: &Meta,
@@ -100,7 +138,7 @@ fn soft_offload(
     if o.gso_type & !features::GSO_ECN != features::GSO_NONE {
         dest.counters.gso_segmented.inc();
         let r = segmenter.segment(wire, &vh, Some(dest.mtu()), |seg| {
-            deliver_group(dest, std::iter::once(Frame::from_bytes(seg).with_tag(tag)), rx);
+            deliver_group_to(dest, qp, std::iter::once(Frame::from_bytes(seg).with_tag(tag)), rx);
             ControlFlow::Continue(())
         });
         if r.is_err() {
@@ -112,7 +150,7 @@ fn soft_offload(
             return;
         }
         dest.counters.csum_completed.inc();
-        deliver_group(dest, std::iter::once(Frame::from_bytes(wire).with_tag(tag)), rx);
+        deliver_group_to(dest, qp, std::iter::once(Frame::from_bytes(wire).with_tag(tag)), rx);
     }
 }
 
@@ -175,6 +213,8 @@ pub struct Scratch {
     wire: Vec<u8>,
     /// Software segmentation for receivers without GSO.
     segmenter: Segmenter,
+    /// RSS hashes of the burst's frames, computed on demand.
+    hashes: Vec<Option<u32>>,
     rx: RxScratch,
 }
 
@@ -187,6 +227,7 @@ impl Default for Scratch {
             ports: Vec::with_capacity(64),
             wire: Vec::with_capacity(64 * 1024),
             segmenter: Segmenter::new(),
+            hashes: Vec::with_capacity(BURST),
             rx: RxScratch::default(),
         }
     }
@@ -469,24 +510,56 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let accepts = |m: &Meta| features::may_receive(racked, m.offload.flags, m.offload.gso_type);
         let frame =
             |chain, m: &Meta, tag| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload).with_tag(tag);
+        // RSS: with several active RX queues, each flow's hash picks one.
+        let active = active_rx_queues(dest);
+        let queue_of = |chain: &Chain, i: usize, hashes: &mut [Option<u32>]| -> u16 {
+            if active.len() < 2 {
+                return active.first().copied().unwrap_or(0);
+            }
+            let h = *hashes[i].get_or_insert_with(|| {
+                let mut head = [0u8; 64];
+                let mut cur = Cursor::new(chain);
+                cur.skip(hdr_len);
+                let got = cur.gather(&mut head);
+                rss::flow_hash(&rss::DEFAULT_KEY, &head[..got])
+            });
+            active[h as usize % active.len()]
+        };
+        scratch.hashes.clear();
+        scratch.hashes.resize(n, None);
         if scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
             // Fast path: the receiver takes every offload as it is (or there
-            // is none): one group, one copy each, headers passed through.
-            let frames = scratch.tx[..n]
-                .iter()
-                .zip(&scratch.dest)
-                .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
-            deliver_group(dest, frames, &mut scratch.rx);
+            // is none): one group per RX queue, one copy each, headers passed
+            // through.
+            if active.len() < 2 {
+                let q = active.first().copied().unwrap_or(0);
+                let frames = scratch.tx[..n]
+                    .iter()
+                    .zip(&scratch.dest)
+                    .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
+                deliver_group_to(dest, q, frames, &mut scratch.rx);
+                continue;
+            }
+            for &q in active.iter() {
+                let hashes = &mut scratch.hashes;
+                let frames = scratch.tx[..n].iter().zip(&scratch.dest).enumerate().filter_map(|(i, (chain, m))| {
+                    let tag = for_p(m)?;
+                    (queue_of(chain, i, hashes) == q).then(|| frame(chain, m, tag))
+                });
+                deliver_group_to(dest, q, frames, &mut scratch.rx);
+            }
             continue;
         }
         // Some frame needs software offload for this receiver: deliver in
         // order, frame by frame.
-        for (chain, m) in scratch.tx[..n].iter().zip(&scratch.dest) {
+        for (i, (chain, m)) in scratch.tx[..n].iter().zip(&scratch.dest).enumerate() {
             let Some(tag) = for_p(m) else { continue };
+            let q = queue_of(chain, i, &mut scratch.hashes);
             if accepts(m) {
-                deliver_group(dest, std::iter::once(frame(chain, m, tag)), &mut scratch.rx);
+                deliver_group_to(dest, q, std::iter::once(frame(chain, m, tag)), &mut scratch.rx);
             } else {
-                soft_offload(dest, chain, hdr_len, m, tag, &mut scratch.wire, &mut scratch.segmenter, &mut scratch.rx);
+                let (wire, seg, rx) = (&mut scratch.wire, &mut scratch.segmenter, &mut scratch.rx);
+                soft_offload(dest, q, chain, hdr_len, m, tag, wire, seg, rx);
             }
         }
     }
@@ -527,6 +600,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // TX buffers), in order: one publish, at most one interrupt.
     f.counters.tx_packets.add(tx_packets);
     f.counters.tx_bytes.add(tx_bytes);
+    let qc = f.queue_counters(qp);
+    qc.tx_packets.add(tx_packets);
+    qc.tx_bytes.add(tx_bytes);
     for chain in &scratch.tx[..n] {
         ring.complete(chain, 0);
     }

@@ -25,6 +25,7 @@ pub mod fabric;
 pub mod forward;
 pub mod mailbox;
 pub mod pool;
+pub mod rss;
 pub mod uplink;
 
 pub use fabric::Fabric;

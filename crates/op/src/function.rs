@@ -110,6 +110,19 @@ pub struct Policy {
     pub weight: u32,
 }
 
+/// Traffic of one queue pair.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Frames delivered on this pair's RX queue.
+    pub rx_packets: vfnic_types::Counter,
+    /// Bytes delivered on it.
+    pub rx_bytes: vfnic_types::Counter,
+    /// Frames taken from this pair's TX queue.
+    pub tx_packets: vfnic_types::Counter,
+    /// Bytes taken from it.
+    pub tx_bytes: vfnic_types::Counter,
+}
+
 /// Work done on one queue pair's TX queue, for load-based placement.
 #[derive(Debug, Default)]
 pub struct QueueLoad {
@@ -140,6 +153,7 @@ pub struct Function {
     moderation: AtomicU64,
     vrings: Vec<Vring>,
     loads: Vec<QueueLoad>,
+    queue_counters: Vec<QueueCounters>,
     queue_pairs: u16,
     connected: AtomicBool,
     acked_features: AtomicU64,
@@ -169,6 +183,7 @@ impl Function {
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
+            queue_counters: (0..queue_pairs).map(|_| QueueCounters::default()).collect(),
             queue_pairs,
             connected: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
@@ -264,6 +279,19 @@ impl Function {
     /// TX queue of queue pair `qp`.
     pub fn tx(&self, qp: u16) -> &Vring {
         &self.vrings[2 * qp as usize + 1]
+    }
+
+    /// Traffic counters of queue pair `qp`.
+    pub fn queue_counters(&self, qp: u16) -> &QueueCounters {
+        &self.queue_counters[qp as usize]
+    }
+
+    /// virtio-net features this function offers: multiqueue only when it
+    /// has several queue pairs.
+    pub fn offered_features(&self) -> u64 {
+        let mq =
+            if self.queue_pairs > 1 { crate::features::bit(virtio_bindings::virtio_net::VIRTIO_NET_F_MQ) } else { 0 };
+        crate::features::OFFERED | mq
     }
 
     /// Load accounting of queue pair `qp`.

@@ -120,6 +120,23 @@ pub struct VfStats {
     /// Counters.
     #[serde(flatten)]
     pub counters: VfCountersSnapshot,
+    /// Traffic per queue pair (RSS spreads receive traffic over them).
+    pub queues: Vec<QueueStatsView>,
+}
+
+/// One queue pair's traffic in `vfnic stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatsView {
+    /// Queue pair.
+    pub qp: u16,
+    /// Frames delivered on its RX queue.
+    pub rx_packets: u64,
+    /// Bytes delivered on its RX queue.
+    pub rx_bytes: u64,
+    /// Frames taken from its TX queue.
+    pub tx_packets: u64,
+    /// Bytes taken from its TX queue.
+    pub tx_bytes: u64,
 }
 
 /// An entry of the switch's forwarding table.
@@ -643,6 +660,18 @@ impl Pf {
                     link: s.link,
                     mailbox_granted: f.mailbox_granted.get(),
                     counters: f.counters.snapshot(),
+                    queues: (0..f.queue_pairs())
+                        .map(|qp| {
+                            let c = f.queue_counters(qp);
+                            QueueStatsView {
+                                qp,
+                                rx_packets: c.rx_packets.get(),
+                                rx_bytes: c.rx_bytes.get(),
+                                tx_packets: c.tx_packets.get(),
+                                tx_bytes: c.tx_bytes.get(),
+                            }
+                        })
+                        .collect(),
                 }
             })
             .collect()

@@ -70,6 +70,11 @@ pub const BACKPRESSURE_NS: u64 = 2_000_000;
 /// order; at most 16.
 fn active_rx_queues(d: &Function) -> ArrayQueues {
     let mut out = ArrayQueues::default();
+    if d.queue_pairs() == 1 {
+        // One queue: the delivery itself checks whether it is up.
+        out.push(0);
+        return out;
+    }
     for qp in 0..d.queue_pairs().min(16) {
         if d.rx(qp).lock().ready() {
             out.push(qp);
@@ -250,13 +255,16 @@ impl Scratch {
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
 pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
+    let pol = f.policy();
+    if pass == Pass::Guaranteed && pol.min_tx_rate == 0 {
+        return 0;
+    }
     let tx = f.tx(qp);
     let mut s = tx.lock();
     if !s.ready() {
         return 0;
     }
     // Transmit QoS: the shaper may hold the queue; the pass sets a budget.
-    let pol = f.policy();
     let now_ns = fabric.now_ns();
     s.qos.configure(pol.max_tx_rate, pol.min_tx_rate, now_ns);
     if s.qos.throttled_until_ns > now_ns {

@@ -123,6 +123,24 @@ pub struct QueueCounters {
     pub tx_bytes: vfnic_types::Counter,
 }
 
+impl Policy {
+    /// The data-path view of `s`.
+    pub fn of(s: &FunctionSettings) -> Policy {
+        Policy {
+            mac: s.mac,
+            vlan: s.vlan,
+            qos: s.qos,
+            spoofchk: s.spoofchk,
+            trust: s.trust,
+            promisc: s.promisc && s.trust,
+            enabled: s.link.passes_traffic(),
+            max_tx_rate: s.max_tx_rate,
+            min_tx_rate: s.min_tx_rate,
+            weight: s.weight.max(1),
+        }
+    }
+}
+
 /// Work done on one queue pair's TX queue, for load-based placement.
 #[derive(Debug, Default)]
 pub struct QueueLoad {
@@ -147,6 +165,9 @@ pub struct Function {
     /// `ErrorKind::MailboxRefused`.
     pub mailbox_granted: Counter,
     settings: RwLock<FunctionSettings>,
+    /// The data-path view of the settings, swapped on every change so the
+    /// engines read it without a lock.
+    policy: arc_swap::ArcSwap<Policy>,
     mtu: AtomicU16,
     link_up: AtomicBool,
     /// `rx_usecs` in the high 32 bits, `rx_frames` in the low 32.
@@ -180,6 +201,7 @@ impl Function {
             mtu: AtomicU16::new(settings.mtu),
             link_up: AtomicBool::new(settings.link.passes_traffic()),
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
+            policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
@@ -218,6 +240,7 @@ impl Function {
         self.mtu.store(s.mtu, Ordering::Relaxed);
         self.link_up.store(s.link.passes_traffic(), Ordering::Relaxed);
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
+        self.policy.store(std::sync::Arc::new(Policy::of(&s)));
     }
 
     /// Interrupt moderation: (`rx_usecs`, `rx_frames`), fast path read.
@@ -227,21 +250,10 @@ impl Function {
         ((m >> 32) as u32, m as u32)
     }
 
-    /// The data-path policy, copied out (one read lock).
+    /// The data-path policy, copied out (lock-free).
+    #[inline]
     pub fn policy(&self) -> Policy {
-        let s = self.settings.read().unwrap_or_else(|e| e.into_inner());
-        Policy {
-            mac: s.mac,
-            vlan: s.vlan,
-            qos: s.qos,
-            spoofchk: s.spoofchk,
-            trust: s.trust,
-            promisc: s.promisc && s.trust,
-            enabled: s.link.passes_traffic(),
-            max_tx_rate: s.max_tx_rate,
-            min_tx_rate: s.min_tx_rate,
-            weight: s.weight.max(1),
-        }
+        **self.policy.load()
     }
 
     /// Administrative link up (fast path read).

@@ -36,7 +36,7 @@ use vfnic_port::{OpenError, Port, PortCounters, PortKind, PortSpec, Rx, ETH_HLEN
 use vfnic_switch::{Forward, PortId};
 use vfnic_types::MacAddr;
 
-use crate::deliver::{deliver_group, Frame, RxScratch, TagEdit};
+use crate::deliver::{deliver_group, Frame, Offload, RxScratch, TagEdit};
 use crate::fabric::Fabric;
 
 /// Switch port number of the first uplink; VFs use the numbers below.
@@ -46,6 +46,8 @@ pub const UPLINK_BURST: usize = 32;
 /// `VIRTIO_NET_F_GUEST_TSO4` and `_TSO6`.
 const GUEST_TSO4: u32 = 7;
 const GUEST_TSO6: u32 = 8;
+/// `VIRTIO_NET_F_GUEST_CSUM`.
+const GUEST_CSUM: u32 = 1;
 const TPID_8021Q: u16 = 0x8100;
 
 /// Whether switch port `p` is an uplink.
@@ -300,7 +302,8 @@ struct PumpScratch {
     hit: Vec<bool>,
     rx_scratch: RxScratch,
     gro: Gro,
-    gro_out: Vec<Vec<u8>>,
+    /// GRO products: the receiver's virtio-net header fields and the frame.
+    gro_out: Vec<(Offload, Vec<u8>)>,
     gro_used: usize,
 }
 
@@ -436,7 +439,7 @@ fn burst(fabric: &Fabric, u: &Uplink, s: &mut PumpScratch) {
         let delivered = if accepts_tso(vf) && !strip {
             gro_burst(s, &wanted, c);
             let out = &s.gro_out[..s.gro_used];
-            deliver_group(vf, out.iter().map(|b| Frame::from_bytes(b)), &mut s.rx_scratch)
+            deliver_group(vf, out.iter().map(|(o, b)| Frame::from_bytes(b).with_offload(*o)), &mut s.rx_scratch)
         } else {
             let (bufs, rx, dest) = (&s.bufs, &s.rx, &s.dest);
             let frames = (0..rx.len()).filter(|&i| wanted(&dest[i])).map(|i| {
@@ -466,7 +469,8 @@ fn vlan_of(f: &[u8]) -> (u16, bool) {
 
 fn accepts_tso(f: &Function) -> bool {
     let a = f.acked_features();
-    features::has(a, GUEST_TSO4) || features::has(a, GUEST_TSO6)
+    // GRO output carries NEEDS_CSUM and a GSO type: both must be accepted.
+    features::has(a, GUEST_TSO4) && features::has(a, GUEST_TSO6) && features::has(a, GUEST_CSUM)
 }
 
 /// Runs the burst's frames for one VF through GRO, flushing at the end:
@@ -475,12 +479,23 @@ fn gro_burst(s: &mut PumpScratch, wanted: &dyn Fn(&Meta) -> bool, c: &PortCounte
     let before = *s.gro.counters();
     s.gro_used = 0;
     let (gro, out, used) = (&mut s.gro, &mut s.gro_out, &mut s.gro_used);
-    let mut push = |_: &VirtioNetHdr, bytes: &[u8]| {
+    let mut push = |h: &VirtioNetHdr, bytes: &[u8]| {
         if out.len() <= *used {
-            out.push(Vec::new());
+            out.push((Offload::default(), Vec::new()));
         }
-        out[*used].clear();
-        out[*used].extend_from_slice(bytes);
+        let (o, b) = &mut out[*used];
+        // The merged segment's GSO type/size and checksum state go to the
+        // receiver in its header (it negotiated GUEST_TSO and GUEST_CSUM).
+        *o = Offload {
+            flags: h.flags,
+            gso_type: h.gso_type,
+            hdr_len: h.hdr_len,
+            gso_size: h.gso_size,
+            csum_start: h.csum_start,
+            csum_offset: h.csum_offset,
+        };
+        b.clear();
+        b.extend_from_slice(bytes);
         *used += 1;
     };
     for i in 0..s.rx.len() {

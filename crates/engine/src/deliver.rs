@@ -375,6 +375,9 @@ impl RxScratch {
     /// Fires every held interrupt whose deadline passed (all of them if
     /// `all`); returns how many are still held.
     pub fn fire_due(&mut self, all: bool) -> usize {
+        if self.armed.is_empty() {
+            return 0;
+        }
         let now = tsc::now();
         self.armed.retain(|a| {
             let mut s = a.func.rx(a.qp).lock();

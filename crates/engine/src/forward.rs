@@ -255,15 +255,15 @@ impl Scratch {
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
 pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
-    let pol = f.policy();
-    if pass == Pass::Guaranteed && pol.min_tx_rate == 0 {
+    if pass == Pass::Guaranteed && !f.has_guarantee() {
         return 0;
     }
     let tx = f.tx(qp);
     let mut s = tx.lock();
-    if !s.ready() {
+    if !s.ready() || !s.ring.as_ref().is_some_and(|r| r.any_pending().unwrap_or(true)) {
         return 0;
     }
+    let pol = f.policy();
     // Transmit QoS: the shaper may hold the queue; the pass sets a budget.
     let now_ns = fabric.now_ns();
     s.qos.configure(pol.max_tx_rate, pol.min_tx_rate, now_ns);

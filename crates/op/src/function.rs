@@ -168,6 +168,8 @@ pub struct Function {
     /// The data-path view of the settings, swapped on every change so the
     /// engines read it without a lock.
     policy: arc_swap::ArcSwap<Policy>,
+    /// `min_tx_rate != 0`, for the engines' guarantee turn.
+    guarantee: AtomicBool,
     mtu: AtomicU16,
     link_up: AtomicBool,
     /// `rx_usecs` in the high 32 bits, `rx_frames` in the low 32.
@@ -202,6 +204,7 @@ impl Function {
             link_up: AtomicBool::new(settings.link.passes_traffic()),
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
+            guarantee: AtomicBool::new(settings.min_tx_rate != 0),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
@@ -241,6 +244,13 @@ impl Function {
         self.link_up.store(s.link.passes_traffic(), Ordering::Relaxed);
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
         self.policy.store(std::sync::Arc::new(Policy::of(&s)));
+        self.guarantee.store(s.min_tx_rate != 0, Ordering::Relaxed);
+    }
+
+    /// The VF has a `min_tx_rate` guarantee (fast path read).
+    #[inline]
+    pub fn has_guarantee(&self) -> bool {
+        self.guarantee.load(Ordering::Relaxed)
     }
 
     /// Interrupt moderation: (`rx_usecs`, `rx_frames`), fast path read.

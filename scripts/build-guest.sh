@@ -4,12 +4,13 @@
 # Builds the tiny Linux guest that tests/real/qemu_pair.sh boots under QEMU:
 #   OUTDIR/vmlinuz     Debian cloud kernel (what linux-image-cloud-amd64
 #                      depends on, unless KERNEL_PKG names another one)
-#   OUTDIR/initrd.gz   busybox + virtio-net modules + iperf3, with an /init
+#   OUTDIR/initrd.gz   busybox + virtio-net modules + iperf3 + ethtool, with an /init
 #                      driven by kernel command-line knobs (see GUEST_INIT)
 #   OUTDIR/stamp       what the two files were built from (the cache key)
 #
 # Cache: when OUTDIR/stamp matches the current key (kernel package+version,
-# this script's own hash, iperf3 and busybox versions) nothing is rebuilt.
+# this script's own hash, iperf3, ethtool and busybox versions) nothing is
+# rebuilt.
 # FORCE=1 rebuilds anyway. The kernel .deb is kept in OUTDIR/debs, so a rebuild
 # after editing /init downloads nothing.
 #
@@ -17,7 +18,7 @@
 # under QEMU 7.2 TCG about half the time.
 #
 # Needs (scripts/setup.sh installs them): apt lists, busybox-static, cpio,
-# iperf3, xz-utils.
+# iperf3, ethtool, xz-utils.
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -32,13 +33,27 @@ die() { log "ERROR: $*"; exit 1; }
 
 check_tools() {
     local t
-    for t in busybox cpio iperf3 gzip dpkg-deb apt-get apt-cache ldd; do
+    for t in busybox cpio iperf3 ethtool gzip dpkg-deb apt-get apt-cache ldd; do
+        if [ "$t" = ethtool ]; then
+            ethtool_path >/dev/null || die "missing 'ethtool' (run scripts/setup.sh)"
+            continue
+        fi
         command -v "$t" >/dev/null || die "missing '$t' (run scripts/setup.sh)"
     done
     # busybox must be static: the initramfs holds no libc for it
     if ldd "$(command -v busybox)" >/dev/null 2>&1; then
         die "busybox is dynamically linked; install busybox-static"
     fi
+}
+
+# ethtool lives in /usr/sbin, which a non-root PATH may lack.
+ethtool_path() {
+    local p
+    p=$(command -v ethtool 2>/dev/null) && { echo "$p"; return; }
+    for p in /usr/sbin/ethtool /sbin/ethtool; do
+        [ -x "$p" ] && { echo "$p"; return; }
+    done
+    return 1
 }
 
 # The versioned kernel package, e.g. linux-image-6.1.0-56-cloud-amd64.
@@ -53,10 +68,13 @@ pkg_version() {
 
 cache_key() {
     local pkg=$1 ver=$2
-    printf 'kernel=%s %s\nscript=%s\niperf3=%s\nbusybox=%s\n' \
+    # layout=2: the initrd gained ethtool (any change to this script also
+    # changes script=, but the explicit bump keeps old stamps from matching).
+    printf 'layout=2\nkernel=%s %s\nscript=%s\niperf3=%s\nethtool=%s\nbusybox=%s\n' \
         "$pkg" "$ver" \
         "$(sha256sum "$SELF" | cut -c1-16)" \
         "$(dpkg-query -W -f='${Version}' iperf3 2>/dev/null || echo '?')" \
+        "$(dpkg-query -W -f='${Version}' ethtool 2>/dev/null || echo '?')" \
         "$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo '?')"
 }
 
@@ -96,12 +114,12 @@ copy_module() {
     esac
 }
 
-# iperf3 is a dynamic Debian binary: copy it and every library ldd names,
-# at the same paths, so the guest's loader finds them.
-copy_iperf3() {
-    local root=$1 lib
-    install -D -m 0755 "$(command -v iperf3)" "$root/usr/bin/iperf3"
-    for lib in $(ldd "$(command -v iperf3)" | awk '/=> \// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
+# iperf3 and ethtool are dynamic Debian binaries: copy each with every
+# library ldd names, at the same paths, so the guest's loader finds them.
+copy_dynamic() {
+    local root=$1 src=$2 dst=$3 lib
+    install -D -m 0755 "$src" "$root$dst"
+    for lib in $(ldd "$src" | awk '/=> \// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$(dirname "$lib")/"
     done
@@ -122,14 +140,32 @@ write_init() {
 #   vfnic.bytes=100M         iperf3 -n (wins over vfnic.time)
 #   vfnic.time=5             iperf3 -t
 #   vfnic.iperfargs=-P_2     extra iperf3 client args ('_' stands for a space)
+#   vfnic.parallel=4         iperf3 -P 4: that many parallel TCP flows
+#   vfnic.reverse=1          client: after the first iperf3 run (client ->
+#                            server), a second one with -R (server -> client)
+#   vfnic.tests=2            server: serve that many iperf3 tests, one after
+#                            the other (2 for a client with vfnic.reverse=1)
+#   vfnic.ethtool=-K_eth0_tso_off;-L_eth0_combined_2
+#                            ethtool commands run after eth0 is up and before
+#                            the role starts ('_' = space, ';' separates
+#                            commands; the knob may also be repeated)
+#   vfnic.report=1           print `ethtool -k/-l/-S eth0` and the kernel's
+#                            TCP/UDP counters (/proc/net/snmp) before the
+#                            role starts (when=start) and after it (when=end)
 #   vfnic.wait=120           upper bound (s) on how long any role stays up
 # Markers (one per line, for the host to grep):
+#   VFNIC-ETHTOOL-SET rc=N ethtool <args>     (one per vfnic.ethtool command)
 #   VFNIC-GUEST-UP uptime=.. mac=.. ip=.. role=..
 #   VFNIC-GUEST-FEATURES <bit string from /sys/.../features>
+#   VFNIC-REPORT-BEGIN when=start|end what=k|l|S|snmp ... VFNIC-REPORT-END
 #   VFNIC-PEER-REACHABLE tries=N | VFNIC-PEER-UNREACHABLE
-#   PING-RC n, IPERF-JSON-BEGIN ... IPERF-JSON-END, IPERF-RC n
+#   PING-RC n, IPERF-JSON-BEGIN ... IPERF-JSON-END, IPERF-TRIES n, IPERF-RC n
+#   server: VFNIC-SERVER-READY, IPERF-SERVER-TEST-END n=N (per test),
+#   IPERF-SERVER-EXIT, IPERF-SERVER-LOG-BEGIN ... IPERF-SERVER-LOG-END
+#   (with vfnic.reverse=1 also IPERF-R-JSON-BEGIN ... IPERF-R-JSON-END, IPERF-R-TRIES n, IPERF-R-RC n)
 #   VFNIC-GUEST-DONE
 /bin/busybox --install -s /bin
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -143,6 +179,12 @@ knob() {
     done
     echo "$2"
 }
+# Every value of a repeatable knob, one per line.
+knobs() {
+    for kv in $(cat /proc/cmdline); do
+        case "$kv" in vfnic.$1=*) echo "${kv#*=}" ;; esac
+    done
+}
 IP=$(knob ip "")
 PEER=$(knob peer "")
 ROLE=$(knob role idle)
@@ -151,6 +193,11 @@ BYTES=$(knob bytes "")
 TIME=$(knob time 5)
 WAIT=$(knob wait 120)
 XARGS=$(knob iperfargs "" | tr _ ' ')
+PARALLEL=$(knob parallel "")
+[ -n "$PARALLEL" ] && XARGS="$XARGS -P $PARALLEL"
+REVERSE=$(knob reverse 0)
+TESTS=$(knob tests 1)
+REPORT=$(knob report 0)
 
 done_and_off() {
     echo VFNIC-GUEST-DONE
@@ -169,8 +216,32 @@ ip link set eth0 up
 # SeaBIOS leaves terminal escapes on the current console line: start afresh
 # so every marker begins its line.
 echo
+# vfnic.ethtool: each command is ';'-separated, '_' stands for a space.
+for cmds in $(knobs ethtool); do
+    echo "$cmds" | tr ';' '\n' | while read -r c; do
+        [ -n "$c" ] || continue
+        args=$(echo "$c" | tr _ ' ')
+        out=$(ethtool $args 2>&1)
+        echo "VFNIC-ETHTOOL-SET rc=$? ethtool $args"
+        [ -z "$out" ] || echo "$out" | sed 's/^/  /'
+    done
+done
 echo "VFNIC-GUEST-UP uptime=$(cut -d' ' -f1 /proc/uptime) mac=$(cat /sys/class/net/eth0/address) ip=$IP role=$ROLE"
 echo "VFNIC-GUEST-FEATURES $(cat /sys/class/net/eth0/device/features 2>/dev/null)"
+
+# report WHEN: offload state, channels, per-queue counters, TCP/UDP MIBs.
+report() {
+    [ "$REPORT" = 1 ] || return 0
+    for w in k l S; do
+        echo "VFNIC-REPORT-BEGIN when=$1 what=$w"
+        ethtool -$w eth0 2>&1
+        echo VFNIC-REPORT-END
+    done
+    echo "VFNIC-REPORT-BEGIN when=$1 what=snmp"
+    grep -E '^(Tcp|Udp):' /proc/net/snmp
+    echo VFNIC-REPORT-END
+}
+report start
 
 # The peer boots on its own schedule: poll with single pings (each waits 1 s)
 # until it answers, so the counted ping below measures loss, not boot order.
@@ -192,27 +263,88 @@ counted_ping() {
     echo "PING-RC $?"
 }
 
+# iperf3_retry OUT ARGS...: iperf3 -c PEER ARGS with JSON output into OUT.
+# The peer answers pings before its iperf3 server listens (and a one-shot
+# server restarts between tests), so a refused connection is retried a few
+# times, 1 s apart. Sets RC and TRIES.
+iperf3_retry() {
+    out=$1
+    shift
+    TRIES=0
+    while :; do
+        iperf3 -c "$PEER" -J "$@" >"$out" 2>&1
+        RC=$?
+        TRIES=$((TRIES + 1))
+        [ $RC -ne 0 ] && [ $TRIES -lt 8 ] && grep -q 'unable to connect' "$out" || break
+        sleep 1
+    done
+}
+
 run_iperf_client() {
     if [ -n "$BYTES" ]; then LEN="-n $BYTES"; else LEN="-t $TIME"; fi
+    iperf3_retry /tmp/iperf.json $LEN $XARGS
     echo IPERF-JSON-BEGIN
-    iperf3 -c "$PEER" $LEN -J $XARGS
-    rc=$?
+    cat /tmp/iperf.json
     echo IPERF-JSON-END
-    echo "IPERF-RC $rc"
+    echo "IPERF-TRIES $TRIES"
+    echo "IPERF-RC $RC"
+}
+
+# The -R run (server -> client), after the first one.
+run_iperf_reverse() {
+    sleep 1
+    iperf3_retry /tmp/iperf-r.json $LEN -R $XARGS
+    echo IPERF-R-JSON-BEGIN
+    cat /tmp/iperf-r.json
+    echo IPERF-R-JSON-END
+    echo "IPERF-R-TRIES $TRIES"
+    echo "IPERF-R-RC $RC"
 }
 
 case "$ROLE" in
     server)
-        iperf3 -s -1 >/tmp/iperf3-server.log 2>&1 &
+        (
+            n=0
+            while [ $n -lt "$TESTS" ]; do
+                iperf3 -s -1 >>/tmp/iperf3-server.log 2>&1
+                n=$((n + 1))
+                echo "IPERF-SERVER-TEST-END n=$n"
+            done
+        ) &
+        spid=$!
+        # The client also says when it is done (TCP port 5299): a one-shot
+        # server that lingers after its last test must not hold this guest.
+        nc -l -p 5299 >/tmp/peer-done 2>/dev/null &
+        npid=$!
         echo VFNIC-SERVER-READY
         i=0
-        while [ $i -lt "$WAIT" ] && pidof iperf3 >/dev/null; do sleep 1; i=$((i + 1)); done
+        grace=5
+        while [ $i -lt "$WAIT" ] && kill -0 $spid 2>/dev/null; do
+            if [ -s /tmp/peer-done ]; then
+                [ $grace -gt 0 ] || break
+                grace=$((grace - 1))
+            fi
+            sleep 1
+            i=$((i + 1))
+        done
+        if kill -0 $spid 2>/dev/null; then
+            echo "IPERF-SERVER-STOPPED still running after ${i}s (client done: $(cat /tmp/peer-done 2>/dev/null))"
+            kill $spid 2>/dev/null
+            killall iperf3 2>/dev/null
+        fi
+        kill $npid 2>/dev/null
         echo "IPERF-SERVER-EXIT after ${i}s"
+        echo IPERF-SERVER-LOG-BEGIN
+        cat /tmp/iperf3-server.log
+        echo IPERF-SERVER-LOG-END
         ;;
     client)
         if wait_peer; then
             counted_ping
             run_iperf_client
+            [ "$REVERSE" = 1 ] && run_iperf_reverse
+            # Tell a server-role peer that no more tests are coming.
+            echo done | nc -w 2 "$PEER" 5299 >/dev/null 2>&1
         fi
         ;;
     ping)
@@ -225,6 +357,7 @@ case "$ROLE" in
         echo "VFNIC-GUEST-ERROR unknown role $ROLE"
         ;;
 esac
+report end
 done_and_off
 GUEST_INIT
     chmod 0755 "$1"
@@ -255,7 +388,8 @@ build() {
         copy_module "$f" "$root/lib/modules/$m.ko"
         echo "$m" >> "$root/etc/modules.order"
     done
-    copy_iperf3 "$root"
+    copy_dynamic "$root" "$(command -v iperf3)" /usr/bin/iperf3
+    copy_dynamic "$root" "$(ethtool_path)" /usr/sbin/ethtool
     write_init "$root/init"
 
     # Write to temporaries and rename, so an interrupted build never leaves a

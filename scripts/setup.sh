@@ -16,9 +16,11 @@ HUGEPAGES=${HUGEPAGES:-1024}
 
 # Everything the harness calls: QEMU + guest-image tools, DPDK's testpmd and the
 # PMDs it loads as plugins (vhost, virtio-user, ring mempool), iperf3 for the
-# guests, jq to read `vfnic stats --json`, procps for the leak check (ps).
+# guests, ethtool for the guests (offload and queue settings, per-queue
+# counters; build-guest.sh copies it in), jq to read `vfnic stats --json`,
+# procps for the leak check (ps).
 PACKAGES=(
-    qemu-system-x86 busybox-static cpio iperf3
+    qemu-system-x86 busybox-static cpio iperf3 ethtool
     dpdk dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
     xz-utils iproute2 jq procps ca-certificates
 )

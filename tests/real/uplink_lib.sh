@@ -83,3 +83,56 @@ vf_ping() {
         { cat "$WORK/ping-$3.log"; fail "VF at $2 did not reach $3"; }
     say "VF $2 -> $3: $(grep -c '^reply' "$WORK/ping-$3.log") echo replies"
 }
+
+# uplink_test_bin: sets UPLINK_TEST_BIN, the tests/uplink.rs test binary
+# whose #[ignore]d tests are the suites' tenants (built if needed).
+uplink_test_bin() {
+    [ -n "$UPLINK_TEST_BIN" ] && return 0
+    UPLINK_TEST_BIN=$(cd "$REPO_ROOT" && cargo test --release --test uplink --no-run --message-format=json 2>/dev/null |
+        jq -r 'select(.executable != null and .target.name == "uplink") | .executable' | tail -n1)
+    [ -x "$UPLINK_TEST_BIN" ] || fail "cannot build the uplink test client (cargo test --test uplink)"
+}
+
+# spawn_tenant NAME SECS SOCK VF_IP [VAR=VALUE...]: the vf_tenant of
+# tests/uplink.rs on a VF socket in the background (lib.sh's spawn, log
+# NAME.log): it answers ARP and ping for VF_IP and, given TARGET_IP=...,
+# pings that (see vf_tenant for PINGS, INTERVAL_MS, MODE, HOLD_MS,
+# FLOOD_FRAMES).
+spawn_tenant() {
+    local name=$1 secs=$2 sock=$3 ip=$4
+    shift 4
+    uplink_test_bin
+    spawn "$name" "$secs" env VF_SOCK="$sock" VF_IP="$ip" "$@" \
+        "$UPLINK_TEST_BIN" --ignored --exact vf_tenant --nocapture --test-threads 1
+}
+
+# tenant_done NAME SECS: wait for a tenant to finish and succeed; prints
+# its SUMMARY line into TENANT_SUMMARY.
+TENANT_SUMMARY=""
+tenant_done() {
+    wait_exit "$1" "$2" || fail "tenant $1 still running after $2 s"
+    [ "$EXIT_RC" = 0 ] || fail "tenant $1 failed (status $EXIT_RC)"
+    TENANT_SUMMARY=$(grep -a '^SUMMARY ' "$WORK/$1.log" | tail -n1)
+    [ -n "$TENANT_SUMMARY" ] || fail "tenant $1 printed no SUMMARY"
+}
+
+# summary_field VAR FIELD: one key=value of TENANT_SUMMARY.
+summary_field() {
+    local v
+    v=$(tr ' ' '\n' <<<"$TENANT_SUMMARY" | awk -F= -v k="$2" '$1 == k { print $2 }')
+    [ -n "$v" ] || fail "no $2 in tenant summary: $TENANT_SUMMARY"
+    printf -v "$1" '%s' "$v"
+}
+
+# uplink_counters PREFIX RUNDIR UPLINK COUNTER...: PREFIX_COUNTER for each,
+# from one `vfnic uplink show --json` (a consistent snapshot).
+uplink_counters() {
+    local p=$1 dir=$2 up=$3 j c v
+    shift 3
+    j=$(timeout -k 2 10 "$VFNIC" --run-dir "$dir" uplink show "$up" --json) || fail "vfnic uplink show $up failed"
+    for c in "$@"; do
+        v=$(jq -r --arg c "$c" '.counters[$c]' <<<"$j")
+        [ -n "$v" ] && [ "$v" != null ] || fail "uplink $up has no counter $c"
+        printf -v "${p}_$c" '%s' "$v"
+    done
+}

@@ -257,3 +257,142 @@ fn vf_reaches_ip() {
     }
     println!("{replies} replies from {target:?}");
 }
+
+// ------------------------------------------- a tenant that also answers
+
+/// An echo reply to `f` when it is an ICMP echo request for `me`.
+fn echo_reply_to(f: &[u8], mac: [u8; 6], me: [u8; 4]) -> Option<Vec<u8>> {
+    if f.len() < 42 || f[12..14] != [8, 0] || f[14] >> 4 != 4 || f[23] != 1 || f[30..34] != me {
+        return None;
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    if f.len() < 14 + ihl + 8 || f[14 + ihl] != 8 {
+        return None;
+    }
+    let mut r = f.to_vec();
+    r[..6].copy_from_slice(&f[6..12]);
+    r[6..12].copy_from_slice(&mac);
+    // Swapping the addresses leaves the IP header checksum valid.
+    r[26..30].copy_from_slice(&f[30..34]);
+    r[30..34].copy_from_slice(&f[26..30]);
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]])).clamp(ihl + 8, f.len() - 14);
+    let icmp = &mut r[14 + ihl..14 + total];
+    icmp[0] = 0;
+    icmp[2..4].copy_from_slice(&[0, 0]);
+    let c = csum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    Some(r)
+}
+
+fn env_or<T: std::str::FromStr>(k: &str, d: T) -> T {
+    std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d)
+}
+
+/// A tenant for the multi-host suites (tests/real/uplink_{pair,ring}_test.sh):
+/// it answers ARP and ICMP echo for `VF_IP` the whole time it runs and,
+/// with `TARGET_IP`, pings that address.
+///
+/// Env: `VF_SOCK`, `VF_IP`; optional `TARGET_IP`, `PINGS` (5),
+/// `INTERVAL_MS` (200), `MODE` (`count`: stop after `PINGS` replies, fail
+/// after `TIMEOUT_MS` (20000); `stream`: send `PINGS` requests every
+/// `INTERVAL_MS` whatever the replies, then report: never fails on loss),
+/// `HOLD_MS` (0: answer this long after the pings are done), `FLOOD_FRAMES`
+/// (0: first send that many frames to the unknown unicast MAC
+/// 02:99:99:99:99:99). Prints `reply seq=N t_ms=T` per reply and one
+/// `SUMMARY sent=S replies=R max_gap_ms=G answered=A` line.
+#[test]
+#[ignore = "run by tests/real/uplink_*_test.sh inside network namespaces"]
+fn vf_tenant() {
+    let sock = std::env::var("VF_SOCK").expect("VF_SOCK");
+    let me = ip4(&std::env::var("VF_IP").expect("VF_IP"));
+    let target = std::env::var("TARGET_IP").ok().filter(|s| !s.is_empty()).map(|s| ip4(&s));
+    let pings: u32 = env_or("PINGS", 5);
+    let interval = Duration::from_millis(env_or("INTERVAL_MS", 200));
+    let stream = std::env::var("MODE").is_ok_and(|m| m == "stream");
+    let timeout = Duration::from_millis(env_or("TIMEOUT_MS", 20_000));
+    let hold = Duration::from_millis(env_or("HOLD_MS", 0));
+    let flood: u32 = env_or("FLOOD_FRAMES", 0);
+    let mut vf = VirtioNet::connect(&sock, Options::default()).expect("connect to the VF");
+    let mac = vf.mac().expect("the VF has a MAC");
+    for i in 0..flood {
+        vf.send(&eth([0x02, 0x99, 0x99, 0x99, 0x99, 0x99], mac, 64, i as u8)).unwrap();
+    }
+    if flood > 0 {
+        println!("FLOODED {flood}");
+    }
+    let t0 = Instant::now();
+    let ms = |t: Instant| t.duration_since(t0).as_millis() as u64;
+    let mut peer_mac: Option<[u8; 6]> = None;
+    let (mut replies, mut sent, mut answered) = (0u32, 0u32, 0u64);
+    let mut seq = 0u16;
+    let mut last_send = t0 - Duration::from_secs(1);
+    let mut last_reply: Option<Instant> = None;
+    let mut first_send: Option<Instant> = None;
+    let mut max_gap = 0u64;
+    let mut done_at: Option<Instant> = if target.is_none() { Some(t0) } else { None };
+    loop {
+        let now = Instant::now();
+        match done_at {
+            Some(d) if now.duration_since(d) >= hold => break,
+            Some(_) => {}
+            None => {
+                let Some(target) = target else { unreachable!() };
+                let finished = if stream {
+                    sent >= pings && now.duration_since(last_send) >= Duration::from_secs(1)
+                } else {
+                    replies >= pings
+                };
+                if finished {
+                    done_at = Some(now);
+                    if stream {
+                        // Silence up to the last request counts as a gap.
+                        let from = last_reply.or(first_send).unwrap_or(t0);
+                        max_gap = max_gap.max(ms(last_send).saturating_sub(ms(from)));
+                    }
+                    continue;
+                }
+                assert!(
+                    stream || now.duration_since(t0) < timeout,
+                    "only {replies}/{pings} replies (peer mac {peer_mac:?})"
+                );
+                if now.duration_since(last_send) >= interval && (!stream || sent < pings || peer_mac.is_none()) {
+                    last_send = now;
+                    match peer_mac {
+                        None => vf.send(&arp_request(mac, me, target)).unwrap(),
+                        Some(pm) => {
+                            seq = seq.wrapping_add(1);
+                            sent += 1;
+                            first_send.get_or_insert(now);
+                            vf.send(&icmp_echo(pm, mac, me, target, seq, 56)).unwrap();
+                        }
+                    }
+                }
+            }
+        }
+        let Some(f) = vf.recv_timeout(Duration::from_millis(10)).unwrap() else { continue };
+        if let Some(r) = arp_reply_to(&f, mac, me) {
+            vf.send(&r).unwrap();
+            continue;
+        }
+        if let Some(r) = echo_reply_to(&f, mac, me) {
+            vf.send(&r).unwrap();
+            answered += 1;
+            continue;
+        }
+        let Some(target) = target else { continue };
+        if peer_mac.is_none() && f.len() >= 42 && f[12..14] == [8, 6] && f[20..22] == [0, 2] && f[28..32] == target {
+            peer_mac = Some(f[22..28].try_into().unwrap());
+            println!("ARP {target:?} is at {:02x?} t_ms={}", peer_mac.unwrap(), ms(Instant::now()));
+            continue;
+        }
+        if f.len() >= 42 && f[12..14] == [8, 0] && f[23] == 1 && f[26..30] == target && f[30..34] == me && f[34] == 0 {
+            let now = Instant::now();
+            let from = last_reply.or(first_send).unwrap_or(t0);
+            max_gap = max_gap.max(ms(now).saturating_sub(ms(from)));
+            last_reply = Some(now);
+            replies += 1;
+            println!("reply seq={} t_ms={}", u16::from_be_bytes([f[40], f[41]]), ms(now));
+        }
+    }
+    println!("SUMMARY sent={sent} replies={replies} max_gap_ms={max_gap} answered={answered}");
+}

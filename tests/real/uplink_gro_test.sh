@@ -27,6 +27,7 @@
 #     and the VF's average frame is above 3000 bytes.
 #
 # Env: IPERF_BYTES=48M MAX_UNCOUNTED=8M plus lib.sh's (VFNIC, GUEST_DIR, QEMU).
+# shellcheck disable=SC2034,SC2154 # counters are set by name (printf -v, uplink_counters)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/uplink_lib.sh"
@@ -74,7 +75,7 @@ snap before
 json=$WORK/iperf.json
 # The one-shot server may start listening just after VFNIC-SERVER-READY:
 # retry a refused connection (nothing was sent then).
-for try in 1 2 3 4 5; do
+for _ in 1 2 3 4 5; do
     rc=0
     ip netns exec "$(ns a)" timeout -k 2 45 iperf3 -c "$GUEST_IP" -n "$IPERF_BYTES" -J --connect-timeout 5000 \
         >"$json" 2>"$WORK/iperf.err" || rc=$?

@@ -142,6 +142,12 @@ check_vfnic_after() {
     [ $((p1_tx * 1514)) -lt $((b1_tx / 4)) ] ||
         fail "VF1 sent $p1_tx frames for $b1_tx bytes: the stream was not carried in large segments"
     say "offloads: $b1_tx bytes in $p1_tx frames ($((b1_tx / p1_tx)) B average), $gso GSO segments passed through unsegmented"
+    # The data-plane core's cost: busy TSC cycles of the engines (for
+    # scripts/guest-bench.sh's Gbit/s per data-plane core).
+    local eng
+    eng=$("$VFNIC" --run-dir "$RUN" --json engines 2>/dev/null |
+        jq -r '"busy_cycles=\([.engines[].busy_cycles] | add) tsc_hz=\(.tsc_hz)"' 2>/dev/null || true)
+    [ -n "$eng" ] && say "engines: $eng"
 }
 
 main() {

@@ -29,9 +29,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use crate::fabric::Fabric;
 use crate::forward::{process_tx, Pass, Scratch};
 
-/// DRR credit per unit of weight per turn (bytes): small enough that
-/// weights up to 8 are exact with 64-byte frames inside one 64-frame burst.
-const DRR_QUANTUM: u64 = 512;
+/// DRR credit per unit of weight per turn (bytes): one MTU-sized frame, so a
+/// turn moves whole frames and per-turn overhead stays small; weights stay
+/// exact up to 2 with 64-byte frames inside one 64-frame burst (beyond, the
+/// burst caps the turn) and at any weight for full-size frames.
+const DRR_QUANTUM: u64 = 1536;
 
 /// Engine settings.
 #[derive(Debug, Clone)]

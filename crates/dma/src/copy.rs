@@ -37,6 +37,20 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
+/// Hints the CPU to fetch the cache line at `p` (no effect on program
+/// state; never faults, whatever `p` is).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: PREFETCHT0 is a hint: it does not fault and changes no
+        // architectural state, for any address.
+        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A read/write position inside a chain.
 #[derive(Debug)]
 pub struct Cursor<'c> {

@@ -419,7 +419,7 @@ fn fill(
     while capacity < need && taken < max {
         let chain = &mut scratch.chains[taken];
         match ring.pop_chain(chain, Access::DeviceWrites, indirect) {
-            Ok(true) => {}
+            Ok(true) => chain.prefetch(),
             Ok(false) => {
                 ran_out = true;
                 break;

@@ -309,6 +309,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 break;
             }
         }
+        scratch.tx[n].prefetch();
         let len = scratch.tx[n].len().saturating_sub(hdr_len);
         if !admit(qos, pass, &mut budget, len, now_ns) {
             ring.unpop(1);

@@ -7,6 +7,7 @@ use vfnic_dma::copy::{copy, Cursor};
 use vfnic_dma::{Chain, Virtqueue};
 
 use vfnic_dma::tsc;
+use vfnic_offload::VirtioNetHdr;
 use vfnic_op::{features, Function, VringState};
 use vfnic_types::{DropReason, ErrorKind};
 
@@ -100,6 +101,36 @@ impl Offload {
     pub fn shifted(self, delta: i16) -> Offload {
         let mv = |v: u16| if v == 0 { 0 } else { v.saturating_add_signed(delta) };
         Offload { hdr_len: mv(self.hdr_len), csum_start: mv(self.csum_start), ..self }
+    }
+
+    /// The offload fields of a virtio-net header (`flags` kept as given).
+    pub fn of(h: &VirtioNetHdr) -> Offload {
+        Offload {
+            flags: h.flags,
+            gso_type: h.gso_type,
+            hdr_len: h.hdr_len,
+            gso_size: h.gso_size,
+            csum_start: h.csum_start,
+            csum_offset: h.csum_offset,
+        }
+    }
+
+    /// The virtio-net header these fields make (`num_buffers` 0).
+    pub fn to_hdr(self) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: self.flags,
+            gso_type: self.gso_type,
+            hdr_len: self.hdr_len,
+            gso_size: self.gso_size,
+            csum_start: self.csum_start,
+            csum_offset: self.csum_offset,
+            num_buffers: 0,
+        }
+    }
+
+    /// True if any offload is requested (a checksum to complete or GSO).
+    pub fn any(self) -> bool {
+        self.flags != 0 || self.gso_type != 0
     }
 
     /// Bytes 0..10 of the virtio-net header.

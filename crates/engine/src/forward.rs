@@ -131,15 +131,7 @@ fn soft_offload(
     cur.skip(hdr_len);
     cur.gather(wire);
     let o = m.offload;
-    let vh = VirtioNetHdr {
-        flags: o.flags,
-        gso_type: o.gso_type,
-        hdr_len: o.hdr_len,
-        gso_size: o.gso_size,
-        csum_start: o.csum_start,
-        csum_offset: o.csum_offset,
-        num_buffers: 0,
-    };
+    let vh = o.to_hdr();
     if o.gso_type & !features::GSO_ECN != features::GSO_NONE {
         dest.counters.gso_segmented.inc();
         let r = segmenter.segment(wire, &vh, Some(dest.mtu()), |seg| {
@@ -351,14 +343,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
             let vh = VirtioNetHdr::parse(&vnet).expect("12 bytes");
             let flags = vh.flags & features::HDR_F_NEEDS_CSUM;
-            let offload = Offload {
-                flags,
-                gso_type: vh.gso_type,
-                hdr_len: vh.hdr_len,
-                gso_size: vh.gso_size,
-                csum_start: vh.csum_start,
-                csum_offset: vh.csum_offset,
-            };
+            let offload = Offload { flags, ..Offload::of(&vh) };
             let wants_offload = flags != 0 || vh.gso_type != features::GSO_NONE;
             let gso = vh.gso_type & !features::GSO_ECN != features::GSO_NONE;
             let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
@@ -590,18 +575,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let mut cur = Cursor::new(chain);
             cur.skip(hdr_len);
             cur.gather(&mut scratch.wire);
-            let o = m.offload;
-            let vh = VirtioNetHdr {
-                flags: o.flags,
-                gso_type: o.gso_type,
-                hdr_len: o.hdr_len,
-                gso_size: o.gso_size,
-                csum_start: o.csum_start,
-                csum_offset: o.csum_offset,
-                num_buffers: 0,
-            };
-            let wants = o.flags != 0 || o.gso_type != features::GSO_NONE;
-            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, wants.then_some(&vh));
+            let vh = m.offload.to_hdr();
+            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, m.offload.any().then_some(&vh));
         }
     }
 

@@ -486,14 +486,7 @@ fn gro_burst(s: &mut PumpScratch, wanted: &dyn Fn(&Meta) -> bool, c: &PortCounte
         let (o, b) = &mut out[*used];
         // The merged segment's GSO type/size and checksum state go to the
         // receiver in its header (it negotiated GUEST_TSO and GUEST_CSUM).
-        *o = Offload {
-            flags: h.flags,
-            gso_type: h.gso_type,
-            hdr_len: h.hdr_len,
-            gso_size: h.gso_size,
-            csum_start: h.csum_start,
-            csum_offset: h.csum_offset,
-        };
+        *o = Offload::of(h);
         b.clear();
         b.extend_from_slice(bytes);
         *used += 1;

@@ -58,3 +58,55 @@ fn max_tx_rate_is_exact() {
     assert!((rate - promised).abs() / promised < 0.03, "max_tx_rate 8 Mbit/s: measured {:.3} Mbit/s", rate * 8.0 / 1e6);
     assert_eq!(d.counter(0, &["drops", "tx_dropped_rate_limited"]), 0, "held in the ring, not dropped");
 }
+
+/// Drains `rx` slowly (one frame per `gap`): a congested receiver. Returns
+/// frames received per source VF (by the last byte of the source MAC).
+fn slow_drain(mut rx: VirtioNet, gap: Duration, stop: Arc<AtomicBool>, warmup: Duration) -> [u64; 4] {
+    let mut got = [0u64; 4];
+    let t0 = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(Some(f)) = rx.recv_timeout(Duration::from_millis(5)) {
+            if t0.elapsed() > warmup {
+                got[(f[11] as usize).min(3)] += 1;
+            }
+            let until = Instant::now() + gap;
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    got
+}
+
+/// Three senders flood a receiver that drains slower than they send: the
+/// receiver's capacity is shared by weight (1:2:3).
+#[test]
+fn congested_receiver_is_shared_by_weight() {
+    let d = Daemon::start(
+        "num_vfs = 4\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..3u16)
+        .map(|v| {
+            let (tx, s) = (attach(&d, v), stop.clone());
+            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
+        })
+        .collect();
+    let rx = attach(&d, 3);
+    let s = stop.clone();
+    let drain = std::thread::spawn(move || slow_drain(rx, Duration::from_micros(100), s, Duration::from_millis(500)));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    let got = drain.join().unwrap();
+    let total: u64 = got[..3].iter().sum();
+    assert!(total > 1000, "too few frames: {got:?}");
+    for (v, w) in [1.0f64, 2.0, 3.0].iter().enumerate() {
+        let share = got[v] as f64 / total as f64;
+        assert!(
+            (share - w / 6.0).abs() < 0.05,
+            "VF{v} (weight {w}) got {share:.3} of the receiver, want {:.3}: {got:?}",
+            w / 6.0
+        );
+    }
+}

@@ -43,6 +43,14 @@ impl Virtqueue {
         }
     }
 
+    /// Chains known available (split: exact count; packed: 0 or 1).
+    pub fn room(&self) -> u16 {
+        match self {
+            Virtqueue::Split(r) => r.pending().unwrap_or(0),
+            Virtqueue::Packed(r) => r.pending().unwrap_or(0),
+        }
+    }
+
     /// True if at least one chain is available (re-checks the driver's side).
     pub fn any_pending(&self) -> Result<bool, RingError> {
         match self {

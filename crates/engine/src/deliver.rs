@@ -336,7 +336,14 @@ pub fn deliver_group_to<'f>(
                     dest.counters.gso_passed.inc();
                 }
             }
-            Err(Fill::Drop(r)) => dest.counters.drop_frames(r, 1),
+            Err(Fill::Drop(r)) => {
+                if r == DropReason::RxNoBuffer {
+                    // The receiver cannot take all it is sent: from now on
+                    // its senders share it by weight (forward.rs 2b).
+                    dest.fair_share().mark_congested(vfnic_dma::tsc::ns());
+                }
+                dest.counters.drop_frames(r, 1)
+            }
             Err(Fill::Fault(kind)) => {
                 fault = Some(kind);
                 dest.counters.drop_frames(DropReason::RxBadDescriptor, 1);

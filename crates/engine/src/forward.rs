@@ -61,6 +61,10 @@ pub enum Pass {
     Unlimited,
 }
 
+/// DRR credit per unit of weight at a congested receiver (bytes): one
+/// MTU-sized frame.
+pub const DRR_QUANTUM: u64 = 1536;
+
 /// How long a queue may wait for a full receiver before its frames to it
 /// are dropped instead (2 ms: a receiver that does not drain is not
 /// allowed to stall a sender for long).
@@ -180,13 +184,18 @@ fn admit(qos: &mut TxQos, pass: Pass, budget: &mut u64, len: u64, now_ns: u64) -
     true
 }
 
-/// True if `d`'s RX queue is up but has no buffer posted.
-fn rx_full(d: &Function) -> bool {
-    if !d.connected() || !d.link_up() {
-        return false;
+/// RX buffers `d` has posted (on its first queue pair; RSS receivers with
+/// several are treated as having room). A receiver that is not up counts as
+/// having room: delivery drops and counts those frames.
+fn rx_room(d: &Function) -> u16 {
+    if !d.connected() || !d.link_up() || d.queue_pairs() > 1 {
+        return u16::MAX;
     }
     let s = d.rx(0).lock();
-    s.ready() && s.ring.as_ref().is_some_and(|r| !r.any_pending().unwrap_or(true))
+    match (s.ready(), s.ring.as_ref()) {
+        (true, Some(r)) => r.room(),
+        _ => u16::MAX,
+    }
 }
 
 /// Where one frame of the burst goes.
@@ -403,29 +412,50 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
     }
 
-    // 2b. Backpressure: a unicast receiver with no RX buffer at all holds
-    // this queue (its frames wait in the sender's ring, in order) for up to
-    // BACKPRESSURE_NS; after that, frames to it are dropped as on a NIC.
+    // 2b. Backpressure and egress arbitration: a unicast receiver with no
+    // RX buffer at all is congested; its senders then share it by deficit
+    // round robin with their weights (frames under a min_tx_rate guarantee
+    // pass first). Frames not admitted wait in the sender's ring, in order;
+    // a receiver that takes nothing for BACKPRESSURE_NS gets its frames
+    // dropped instead, as on a NIC.
     let mut cut = n;
+    let mut blocked = false;
     {
         let ports = fabric.ports();
-        let mut checked: [u16; 8] = [u16::MAX; 8];
+        // (receiver, RX buffers it has posted, frames admitted to it).
+        let mut rooms: [(u16, u16); 8] = [(u16::MAX, 0); 8];
         for (i, m) in scratch.dest.iter().enumerate() {
             let Dest::Port(p) = m.dest else { continue };
-            if checked.contains(&p) {
+            if m.drop.is_some() {
                 continue;
             }
-            if let Some(slot) = checked.iter_mut().find(|c| **c == u16::MAX) {
-                *slot = p;
+            let Some(d) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
+            let slot = match rooms.iter().position(|r| r.0 == p) {
+                Some(k) => Some(k),
+                None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| rooms[k] = (p, rx_room(d))),
+            };
+            if let Some(k) = slot {
+                if rooms[k].1 == 0 {
+                    // No buffer posted for this frame: it waits, and the
+                    // receiver's senders now share it by weight.
+                    d.fair_share().mark_congested(now_ns);
+                    cut = i;
+                    blocked = true;
+                    break;
+                }
+                rooms[k].1 -= 1;
             }
-            if ports.get(p as usize).and_then(Option::as_ref).is_some_and(|d| rx_full(d)) {
-                cut = i;
-                break;
+            if pass != Pass::Guaranteed {
+                let mut fair = d.fair_share();
+                if fair.congested(now_ns) && !fair.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns) {
+                    cut = i;
+                    break;
+                }
             }
         }
     }
     if cut < n {
-        let since = *qos.blocked_since_ns.get_or_insert(now_ns);
+        let since = if blocked { *qos.blocked_since_ns.get_or_insert(now_ns) } else { now_ns };
         if now_ns.saturating_sub(since) < BACKPRESSURE_NS {
             ring.unpop((n - cut) as u16);
             n = cut;

@@ -33,7 +33,7 @@ use crate::forward::{process_tx, Pass, Scratch};
 /// turn moves whole frames and per-turn overhead stays small; weights stay
 /// exact up to 2 with 64-byte frames inside one 64-frame burst (beyond, the
 /// burst caps the turn) and at any weight for full-size frames.
-const DRR_QUANTUM: u64 = 1536;
+use crate::forward::DRR_QUANTUM;
 
 /// Engine settings.
 #[derive(Debug, Clone)]

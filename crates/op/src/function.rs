@@ -110,6 +110,120 @@ pub struct Policy {
     pub weight: u32,
 }
 
+/// Deficit round robin among the senders of a congested receiver (an egress
+/// arbiter per destination). Senders seen within [`FairShare::ACTIVE_NS`] are
+/// the active set; each gets `quantum × weight` bytes of credit per round,
+/// and a new round starts once every active sender has spent its credit, so
+/// the receiver's capacity is shared in proportion to the weights.
+#[derive(Debug, Default)]
+pub struct FairShare {
+    senders: Vec<FairSender>,
+    /// Until when (ns) the receiver counts as congested.
+    congested_until_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FairSender {
+    vf: u16,
+    weight: u32,
+    credit: i64,
+    last_ns: u64,
+    /// Its last request was refused for want of credit: it waits for the
+    /// next round (it has spent its share of this one).
+    spent: bool,
+}
+
+impl FairShare {
+    /// A sender not seen for this long leaves the active set.
+    pub const ACTIVE_NS: u64 = 1_000_000;
+    /// How long one sign of congestion (no RX buffer) keeps the arbiter on.
+    pub const CONGESTED_NS: u64 = 2_000_000;
+
+    /// Records that the receiver had no RX buffer at `now_ns`.
+    pub fn mark_congested(&mut self, now_ns: u64) {
+        self.congested_until_ns = now_ns + Self::CONGESTED_NS;
+    }
+
+    /// True while the receiver counts as congested.
+    pub fn congested(&self, now_ns: u64) -> bool {
+        now_ns < self.congested_until_ns
+    }
+
+    /// May `vf` (with `weight`) hand over `bytes` now? Consumes its credit.
+    pub fn admit(&mut self, vf: u16, weight: u32, bytes: u64, quantum: u64, now_ns: u64) -> bool {
+        self.senders.retain(|s| now_ns.saturating_sub(s.last_ns) < Self::ACTIVE_NS || s.vf == vf);
+        let i = match self.senders.iter().position(|s| s.vf == vf) {
+            Some(i) => i,
+            None => {
+                let credit = (quantum * weight.max(1) as u64) as i64;
+                self.senders.push(FairSender { vf, weight, credit, last_ns: now_ns, spent: false });
+                self.senders.len() - 1
+            }
+        };
+        self.senders[i].weight = weight.max(1);
+        self.senders[i].last_ns = now_ns;
+        if self.senders[i].credit < bytes as i64 {
+            // Out of credit: it has spent its share of this round. A new
+            // round starts once every active sender has (the others get
+            // their turn first).
+            self.senders[i].spent = true;
+            if !self.senders.iter().all(|s| s.spent || s.credit < 64) {
+                return false;
+            }
+            for s in &mut self.senders {
+                s.credit = s.credit.max(0) + (quantum * s.weight as u64) as i64;
+                s.spent = false;
+            }
+            if self.senders[i].credit < bytes as i64 {
+                self.senders[i].spent = true;
+                return false;
+            }
+        }
+        self.senders[i].credit -= bytes as i64;
+        true
+    }
+}
+
+#[cfg(test)]
+mod fair_tests {
+    use super::FairShare;
+
+    /// Three always-backlogged senders with weights 1:2:3 share a receiver
+    /// that takes one 1000-byte frame per step.
+    #[test]
+    fn shares_follow_weights() {
+        let mut f = FairShare::default();
+        let mut got = [0u64; 3];
+        let weights = [1u32, 2, 3];
+        for step in 0..60_000u64 {
+            // The receiver takes one frame per step; senders ask in turn.
+            for k in 0..3 {
+                let v = ((step as usize) + k) % 3;
+                if f.admit(v as u16, weights[v], 1000, 1536, step * 10) {
+                    got[v] += 1;
+                    break;
+                }
+            }
+        }
+        let total: u64 = got.iter().sum();
+        for (v, w) in weights.iter().enumerate() {
+            let share = got[v] as f64 / total as f64;
+            let want = *w as f64 / 6.0;
+            assert!((share - want).abs() < 0.01, "sender {v}: {share:.3} of the frames, want {want:.3} ({got:?})");
+        }
+    }
+
+    #[test]
+    fn an_idle_sender_leaves_the_active_set() {
+        let mut f = FairShare::default();
+        assert!(f.admit(1, 1, 1000, 1536, 0));
+        // Sender 1 stops; sender 2 alone is never held back for it.
+        for t in 0..100 {
+            assert!(f.admit(2, 1, 1000, 1536, 2_000_000 + t * 1000), "step {t}");
+        }
+    }
+}
+
 /// Traffic of one queue pair.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -170,6 +284,8 @@ pub struct Function {
     policy: arc_swap::ArcSwap<Policy>,
     /// `min_tx_rate != 0`, for the engines' guarantee turn.
     guarantee: AtomicBool,
+    /// Egress arbiter of this function as a receiver, while congested.
+    fair: std::sync::Mutex<FairShare>,
     mtu: AtomicU16,
     link_up: AtomicBool,
     /// `rx_usecs` in the high 32 bits, `rx_frames` in the low 32.
@@ -205,6 +321,7 @@ impl Function {
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
             guarantee: AtomicBool::new(settings.min_tx_rate != 0),
+            fair: std::sync::Mutex::new(FairShare::default()),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
@@ -245,6 +362,12 @@ impl Function {
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
         self.policy.store(std::sync::Arc::new(Policy::of(&s)));
         self.guarantee.store(s.min_tx_rate != 0, Ordering::Relaxed);
+    }
+
+    /// The egress arbiter that shares this function among its senders when
+    /// it cannot take all they send.
+    pub fn fair_share(&self) -> std::sync::MutexGuard<'_, FairShare> {
+        self.fair.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The VF has a `min_tx_rate` guarantee (fast path read).

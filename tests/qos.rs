@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 use common::{frame, vf_mac, Daemon};
 use vfnic_user::{Options, VirtioNet};
 
+/// These tests measure rates: one at a time, or they measure each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn attach(d: &Daemon, vf: u16) -> VirtioNet {
     VirtioNet::connect(d.sock(vf), Options::default())
         .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
@@ -42,6 +49,7 @@ fn tx_rate(d: &Daemon, vf: u16, secs: f64) -> f64 {
 
 #[test]
 fn max_tx_rate_is_exact() {
+    let _one = serial();
     // 8 Mbit/s = 1 MB/s of 1000-byte frames: far below what the client offers.
     let d = Daemon::start("num_vfs = 2\n[[vf]]\nid = 0\nmax_tx_rate = 8\n");
     let (a, b) = (attach(&d, 0), attach(&d, 1));
@@ -69,10 +77,7 @@ fn slow_drain(mut rx: VirtioNet, gap: Duration, stop: Arc<AtomicBool>, warmup: D
             if t0.elapsed() > warmup {
                 got[(f[11] as usize).min(3)] += 1;
             }
-            let until = Instant::now() + gap;
-            while Instant::now() < until {
-                std::hint::spin_loop();
-            }
+            std::thread::sleep(gap);
         }
     }
     got
@@ -82,6 +87,7 @@ fn slow_drain(mut rx: VirtioNet, gap: Duration, stop: Arc<AtomicBool>, warmup: D
 /// receiver's capacity is shared by weight (1:2:3).
 #[test]
 fn congested_receiver_is_shared_by_weight() {
+    let _one = serial();
     let d = Daemon::start(
         "num_vfs = 4\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n",
     );
@@ -109,4 +115,35 @@ fn congested_receiver_is_shared_by_weight() {
             w / 6.0
         );
     }
+}
+
+/// A VF with a min_tx_rate above its equal share keeps its guarantee while
+/// two others flood the same congested receiver.
+#[test]
+fn min_tx_rate_is_kept_under_contention() {
+    let _one = serial();
+    // 32 Mbit/s = 4000 frames/s of 1000 bytes; the receiver takes ~7-10k/s.
+    let d = Daemon::start("num_vfs = 4\n[[vf]]\nid = 0\nmin_tx_rate = 32\n");
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..3u16)
+        .map(|v| {
+            let (tx, s) = (attach(&d, v), stop.clone());
+            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
+        })
+        .collect();
+    let rx = attach(&d, 3);
+    let s = stop.clone();
+    let warmup = Duration::from_millis(500);
+    let drain = std::thread::spawn(move || slow_drain(rx, Duration::from_micros(100), s, warmup));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    let got = drain.join().unwrap();
+    let secs = 2.5;
+    let total: u64 = got[..3].iter().sum();
+    let vf0_fps = got[0] as f64 / secs;
+    // The guarantee, unless the receiver cannot even take that much.
+    let want = (4000.0f64).min(0.9 * total as f64 / secs);
+    assert!(vf0_fps >= 0.95 * want, "VF0 got {vf0_fps:.0} frames/s, guaranteed {want:.0}: {got:?}");
+    assert!(got[0] > got[1] && got[0] > got[2], "the guarantee lifts VF0 above an equal share: {got:?}");
 }

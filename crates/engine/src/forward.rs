@@ -437,17 +437,27 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             if let Some(k) = slot {
                 if rooms[k].1 == 0 {
                     // No buffer posted for this frame: it waits, and the
-                    // receiver's senders now share it by weight.
-                    d.fair_share().mark_congested(now_ns);
+                    // receiver's senders now share it by weight; a
+                    // guarantee holds the next buffers for itself.
+                    let mut fair = d.fair_share();
+                    fair.mark_congested(now_ns);
+                    if pass == Pass::Guaranteed {
+                        fair.reserve(now_ns);
+                    }
                     cut = i;
                     blocked = true;
                     break;
                 }
                 rooms[k].1 -= 1;
             }
+            if pass == Pass::Guaranteed {
+                d.fair_share().release();
+            }
             if pass != Pass::Guaranteed {
                 let mut fair = d.fair_share();
-                if fair.congested(now_ns) && !fair.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns) {
+                if fair.congested(now_ns)
+                    && (fair.reserved(now_ns) || !fair.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns))
+                {
                     cut = i;
                     break;
                 }
@@ -457,6 +467,21 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     if cut < n {
         let since = if blocked { *qos.blocked_since_ns.get_or_insert(now_ns) } else { now_ns };
         if now_ns.saturating_sub(since) < BACKPRESSURE_NS {
+            // The frames going back to the ring give back what admission
+            // took for them (shaper tokens, guarantee tokens, DRR credit).
+            let back: u64 = scratch.tx[cut..n].iter().map(|c| c.len().saturating_sub(hdr_len)).sum();
+            if let Some((_, max)) = qos.max.as_mut() {
+                max.refund(back);
+            }
+            match pass {
+                Pass::Guaranteed => {
+                    if let Some((_, min)) = qos.min.as_mut() {
+                        min.refund(back);
+                    }
+                }
+                Pass::Shared { .. } => qos.deficit = qos.deficit.saturating_add(back),
+                Pass::Unlimited => {}
+            }
             ring.unpop((n - cut) as u16);
             n = cut;
             scratch.dest.truncate(n);

@@ -120,6 +120,9 @@ pub struct FairShare {
     senders: Vec<FairSender>,
     /// Until when (ns) the receiver counts as congested.
     congested_until_ns: u64,
+    /// Until when (ns) its next buffers are reserved for a sender whose
+    /// min_tx_rate guarantee found no room.
+    reserved_until_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -138,10 +141,27 @@ impl FairShare {
     pub const ACTIVE_NS: u64 = 1_000_000;
     /// How long one sign of congestion (no RX buffer) keeps the arbiter on.
     pub const CONGESTED_NS: u64 = 2_000_000;
+    /// How long buffers stay held for a guarantee that found none.
+    pub const RESERVE_NS: u64 = 1_000_000;
 
     /// Records that the receiver had no RX buffer at `now_ns`.
     pub fn mark_congested(&mut self, now_ns: u64) {
         self.congested_until_ns = now_ns + Self::CONGESTED_NS;
+    }
+
+    /// A guaranteed frame found no room: hold the next buffers for it.
+    pub fn reserve(&mut self, now_ns: u64) {
+        self.reserved_until_ns = now_ns + Self::RESERVE_NS;
+    }
+
+    /// The guaranteed sender got its room.
+    pub fn release(&mut self) {
+        self.reserved_until_ns = 0;
+    }
+
+    /// True while buffers are held for a guarantee.
+    pub fn reserved(&self, now_ns: u64) -> bool {
+        now_ns < self.reserved_until_ns
     }
 
     /// True while the receiver counts as congested.

@@ -170,6 +170,13 @@ impl TokenBucket {
         self.tokens = self.tokens.saturating_sub(bytes);
     }
 
+    /// Gives back `bytes` taken for traffic that was not sent after all
+    /// (never beyond a full bucket).
+    pub fn refund(&mut self, bytes: u64) {
+        let bytes = bytes.min(MAX_BURST_BYTES) as i64;
+        self.tokens = self.tokens.saturating_add(bytes).min(self.burst_bytes() as i64);
+    }
+
     /// Takes `bytes` if they conform at `now_ns`.
     pub fn try_consume(&mut self, bytes: u64, now_ns: u64) -> bool {
         if self.conforms(bytes, now_ns) {

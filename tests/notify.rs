@@ -11,6 +11,13 @@ use common::{frame, vf_mac, Daemon};
 use vfnic_pf::api::Request;
 use vfnic_user::{Options, VirtioNet};
 
+/// Timing-related: one at a time (one keeps an engine polling for 2 s).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn attach(d: &Daemon, vf: u16) -> VirtioNet {
     VirtioNet::connect(d.sock(vf), Options::default())
         .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
@@ -30,6 +37,7 @@ fn sleeps(d: &Daemon) -> u64 {
 
 #[test]
 fn engine_honours_used_event() {
+    let _one = serial();
     let d = Daemon::start("num_vfs = 2\nengines = 1\n");
     let mut a = attach(&d, 0);
     let b = attach(&d, 1);
@@ -55,6 +63,7 @@ fn engine_honours_used_event() {
 
 #[test]
 fn driver_does_not_kick_a_polling_engine() {
+    let _one = serial();
     // A long polling window keeps the engine polling between bursts.
     let d = Daemon::start("num_vfs = 2\nengines = 1\nidle_spin_us = 2000000\n");
     let mut a = attach(&d, 0);
@@ -89,6 +98,7 @@ fn driver_does_not_kick_a_polling_engine() {
 /// come per `rx-frames` frames, and a held one fires by `rx-usecs`.
 #[test]
 fn interrupt_moderation_coalesces() {
+    let _one = serial();
     let d = Daemon::start("num_vfs = 4\nengines = 1\n[[vf]]\nid = 3\nrx_frames = 4\nrx_usecs = 1000000\n");
     let plain = Options { features: vfnic_user::net::DEFAULT_FEATURES & !(1 << 29), ..Options::default() };
     let mut a = attach(&d, 0);

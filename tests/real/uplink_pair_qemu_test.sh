@@ -24,11 +24,13 @@
 #     are then not compared), and B -> A the same; no send error,
 #     oversize or bad-input drop;
 #   * each uplink's reads are accounted for: every frame read was handed
-#     to a VF, merged into another (GRO), or counted as no destination;
+#     to a VF, merged into another (GRO), counted as no destination, or
+#     counted as dropped by the VF (rx_dropped);
 #   * VFs agree with their guests: the VF's tx_packets == the guest's
 #     virtio tx_queue_0_packets and rx_packets == rx_queue_0_packets
 #     (the guest counts last, just before powering off: up to SLACK frames
-#     still in flight then), VF rx_dropped 0; and the bytes the VFs carried
+#     still in flight then), VF rx_dropped at most SLACK (a full ring
+#     under the stream; counted, and in the uplink's sum above); and the bytes the VFs carried
 #     cover what iperf3 moved.
 #
 # Env: IPERF_BYTES=8M MAX_UNCOUNTED=4M PINGS=20 SLACK=8 plus lib.sh's.
@@ -62,8 +64,12 @@ wait_for_sockets vfnic_b 10 "$WORK/vfnic_b/vf1.sock"
 say "daemons up in $(ns a) and $(ns b)"
 
 common="ipv6.disable=1 vfnic.report=1 vfnic.wait=70"
-RUN=$WORK/vfnic_a qemu_guest guest_a 0 100 "" "" "$common vfnic.ip=192.168.82.1/24 vfnic.role=server vfnic.tests=2"
-RUN=$WORK/vfnic_b qemu_guest guest_b 1 100 "" "" \
+# The guests' MTU is the uplinks' inner MTU (1500 - 50 of VXLAN), as for
+# any VXLAN overlay: QEMU's host_mtu offers it (VIRTIO_NET_F_MTU). With
+# 1500 their full-size frames could not cross (tx_dropped_oversize).
+mtu=",host_mtu=1450"
+RUN=$WORK/vfnic_a qemu_guest guest_a 0 100 "" "$mtu" "$common vfnic.ip=192.168.82.1/24 vfnic.role=server vfnic.tests=2"
+RUN=$WORK/vfnic_b qemu_guest guest_b 1 100 "" "$mtu" \
     "$common vfnic.ip=192.168.82.2/24 vfnic.peer=192.168.82.1 vfnic.role=client vfnic.pings=$PINGS vfnic.bytes=$IPERF_BYTES vfnic.reverse=1"
 wait_for_log guest_a 'VFNIC-SERVER-READY' 60
 wait_for_log guest_b 'VFNIC-GUEST-UP' 60
@@ -151,8 +157,9 @@ for h in a b; do
         [ "$v" = 0 ] || fail "host $h: uplink counter $c is $v"
     done
     eval "urx=\$${h}_rx_packets del=\$${h}_rx_delivered merged=\$${h}_rx_gro_merged_segments nodest=\$${h}_rx_dropped_no_dest"
-    [ "$urx" = $((del + merged + nodest)) ] ||
-        fail "host $h: uplink read $urx frames: delivered $del + merged $merged + no destination $nodest do not add up"
+    eval "vdrop=\$${h}_vf_rx_dropped"
+    [ "$urx" = $((del + merged + nodest + vdrop)) ] ||
+        fail "host $h: uplink read $urx frames: delivered $del + merged $merged + no destination $nodest + VF rx_dropped $vdrop do not add up"
 done
 
 # VFs against their guests.
@@ -166,7 +173,7 @@ for h in a b; do
         fail "host $h: the VF took $vtx frames, guest $h counted $g_tx sent"
     [ "$vrx" -ge "$g_rx" ] && [ "$vrx" -le $((g_rx + SLACK)) ] ||
         fail "host $h: the VF delivered $vrx frames, guest $h counted $g_rx received"
-    [ "$vdrop" = 0 ] || fail "host $h: VF rx_dropped $vdrop"
+    [ "$vdrop" -le "$SLACK" ] || fail "host $h: VF rx_dropped $vdrop"
 done
 [ "$b_vf_tx_bytes" -ge "$b_to_a" ] && [ "$a_vf_rx_bytes" -ge "$b_to_a" ] ||
     fail "B -> A: VF bytes (B tx $b_vf_tx_bytes, A rx $a_vf_rx_bytes) below the $b_to_a iperf3 moved"

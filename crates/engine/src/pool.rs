@@ -469,19 +469,36 @@ impl Doorbells {
     }
 }
 
-fn set_notifications(queues: &[QueueRef], enable: bool) -> bool {
-    let mut pending = false;
+/// What the engine's queues hold when it wants to sleep.
+#[derive(Default)]
+struct Pending {
+    /// Some queue has chains it may take now.
+    now: bool,
+    /// The earliest time (ns) a queue held only by its max_tx_rate shaper
+    /// may send again.
+    shaped_until_ns: Option<u64>,
+}
+
+fn set_notifications(queues: &[QueueRef], enable: bool, now_ns: u64) -> Pending {
+    let mut p = Pending::default();
     for q in queues {
         let mut s = q.func.tx(q.qp).lock();
         if !s.ready() {
             continue;
         }
+        let held_until = s.qos.throttled_until_ns;
         if let Some(ring) = s.ring.as_mut() {
             ring.set_notification(enable);
-            pending |= ring.any_pending().unwrap_or(true);
+            if ring.any_pending().unwrap_or(true) {
+                if held_until > now_ns {
+                    p.shaped_until_ns = Some(p.shaped_until_ns.map_or(held_until, |t| t.min(held_until)));
+                } else {
+                    p.now = true;
+                }
+            }
         }
     }
-    pending
+    p
 }
 
 fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
@@ -568,15 +585,24 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             std::hint::spin_loop();
             continue;
         }
-        // Idle: ask for kicks, re-check, then sleep on the doorbells.
-        if set_notifications(&queues, true) {
-            set_notifications(&queues, false);
+        // Idle: ask for kicks, re-check, then sleep on the doorbells (or,
+        // if queues are held only by their shapers, until the first may
+        // send again).
+        let now_ns = tsc::ns();
+        let pending = set_notifications(&queues, true, now_ns);
+        if pending.now {
+            set_notifications(&queues, false, now_ns);
             continue;
         }
         c.sleeps.fetch_add(1, Ordering::Relaxed);
         match &bells {
             Some(b) => {
-                let timeout = if b.polling_only { 1 } else { 1000 };
+                let shaped_ms = pending.shaped_until_ns.map(|t| t.saturating_sub(now_ns).div_ceil(1_000_000) as i32);
+                let timeout = match (b.polling_only, shaped_ms) {
+                    (true, _) => 1,
+                    (false, Some(ms)) => ms.clamp(1, 1000),
+                    (false, None) => 1000,
+                };
                 let n = b.epoll.wait(timeout, &mut events).unwrap_or(0);
                 for ev in &events[..n] {
                     match ev.data() {
@@ -595,7 +621,7 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             }
             None => std::thread::sleep(Duration::from_millis(1)),
         }
-        set_notifications(&queues, false);
+        set_notifications(&queues, false, tsc::ns());
         let t = tsc::now();
         c.sleep_cycles.fetch_add(t.wrapping_sub(t_prev), Ordering::Relaxed);
         t_prev = t;

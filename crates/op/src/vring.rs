@@ -26,12 +26,12 @@ impl TxQos {
     /// Brings the buckets in line with the VF's rates (a changed rate
     /// starts a fresh bucket).
     pub fn configure(&mut self, max_mbps: u32, min_mbps: u32, now_ns: u64) {
-        // Burst: 64 KiB or 2 ms of rate, whichever is larger, so an engine
-        // descheduled for a few milliseconds does not lose rate; the long-run
-        // rate stays exact.
+        // Burst: 64 KiB or 10 ms of rate, whichever is larger, so an engine
+        // that sleeps or is descheduled for a few milliseconds does not lose
+        // rate; the long-run rate stays exact.
         let make = |mbps: u32| {
             let rate = vfnic_qos::bucket::mbps_to_bytes_per_s(mbps);
-            vfnic_qos::TokenBucket::new(rate, (rate / 500).max(64 * 1024), now_ns)
+            vfnic_qos::TokenBucket::new(rate, (rate / 100).max(64 * 1024), now_ns)
         };
         match (&self.max, max_mbps) {
             (_, 0) => self.max = None,

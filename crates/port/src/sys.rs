@@ -137,6 +137,18 @@ pub fn open_packet(ifname: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Asks for `bytes` of socket receive and send buffer (the kernel caps it
+/// at its rmem_max/wmem_max unless the process may raise it; best effort).
+pub fn set_socket_buffers(fd: RawFd, bytes: libc::c_int) {
+    // SO_RCVBUFFORCE/SNDBUFFORCE pass the sysctl cap for a privileged
+    // daemon; the plain options are the fallback.
+    for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        if setsockopt(fd, libc::SOL_SOCKET, force, &bytes).is_err() {
+            let _ = setsockopt(fd, libc::SOL_SOCKET, plain, &bytes);
+        }
+    }
+}
+
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: `v` points to a live, initialised T and the length passed is
     // exactly its size; setsockopt only reads it.

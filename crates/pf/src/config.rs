@@ -206,86 +206,42 @@ struct RawConfig {
     uplink: Vec<toml::Spanned<crate::uplink_config::UplinkConfig>>,
 }
 
-/// The resolved configuration of one VF.
+/// The resolved configuration of one VF: its index and the function
+/// settings it starts with (read and written through `Deref`, so `s.mac`,
+/// `s.vlan`, ... are the function settings' own fields).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VfSettings {
     /// VF index.
     pub id: u16,
-    /// MAC address.
-    pub mac: MacAddr,
-    /// Socket path.
-    pub socket: PathBuf,
-    /// MTU.
-    pub mtu: u16,
-    /// Link state (`state`).
-    pub link: LinkState,
-    /// Port VLAN (0 = none).
-    pub vlan: u16,
-    /// Port VLAN priority.
-    pub qos: u8,
-    /// Spoof check.
-    pub spoofchk: bool,
-    /// Trusted.
-    pub trust: bool,
-    /// Promiscuous (trusted only).
-    pub promisc: bool,
-    /// Maximum transmit rate, Mbit/s (0 = unlimited).
-    pub max_tx_rate: u32,
-    /// Guaranteed transmit rate, Mbit/s.
-    pub min_tx_rate: u32,
-    /// Share under contention.
-    pub weight: u32,
-    /// Interrupt moderation time (microseconds, 0 = off).
-    pub rx_usecs: u32,
-    /// Interrupt moderation frame count (0 = off).
-    pub rx_frames: u32,
+    /// Everything else.
+    pub settings: FunctionSettings,
+}
+
+impl std::ops::Deref for VfSettings {
+    type Target = FunctionSettings;
+
+    fn deref(&self) -> &FunctionSettings {
+        &self.settings
+    }
+}
+
+impl std::ops::DerefMut for VfSettings {
+    fn deref_mut(&mut self) -> &mut FunctionSettings {
+        &mut self.settings
+    }
 }
 
 impl VfSettings {
     /// Defaults of VF `id` with sockets in `run_dir`: the stable MAC, link
     /// auto, no VLAN, spoof check on, untrusted, no rate limits, weight 1.
     pub fn default_for(id: u16, run_dir: &Path) -> VfSettings {
-        VfSettings::from_function(id, &FunctionSettings::new(MacAddr::for_vf(id), run_dir.join(format!("vf{id}.sock"))))
-    }
-
-    fn from_function(id: u16, f: &FunctionSettings) -> VfSettings {
-        VfSettings {
-            id,
-            mac: f.mac,
-            socket: f.socket.clone(),
-            mtu: f.mtu,
-            link: f.link,
-            vlan: f.vlan,
-            qos: f.qos,
-            spoofchk: f.spoofchk,
-            trust: f.trust,
-            promisc: f.promisc,
-            max_tx_rate: f.max_tx_rate,
-            min_tx_rate: f.min_tx_rate,
-            weight: f.weight,
-            rx_usecs: f.rx_usecs,
-            rx_frames: f.rx_frames,
-        }
+        let settings = FunctionSettings::new(MacAddr::for_vf(id), run_dir.join(format!("vf{id}.sock")));
+        VfSettings { id, settings }
     }
 
     /// The function settings these configure.
     pub fn function_settings(&self) -> FunctionSettings {
-        FunctionSettings {
-            mac: self.mac,
-            mtu: self.mtu,
-            link: self.link,
-            vlan: self.vlan,
-            qos: self.qos,
-            spoofchk: self.spoofchk,
-            trust: self.trust,
-            promisc: self.promisc,
-            max_tx_rate: self.max_tx_rate,
-            min_tx_rate: self.min_tx_rate,
-            weight: self.weight,
-            socket: self.socket.clone(),
-            rx_usecs: self.rx_usecs,
-            rx_frames: self.rx_frames,
-        }
+        self.settings.clone()
     }
 }
 

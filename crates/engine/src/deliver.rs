@@ -12,7 +12,10 @@ use vfnic_op::{features, Function, VringState};
 use vfnic_types::{DropReason, ErrorKind};
 
 /// Most RX buffers one frame may be merged over (`MRG_RXBUF`).
-pub const MAX_MERGE: usize = 72;
+/// 64 buffers of the smallest size drivers post for mergeable RX (Linux
+/// and DPDK: >= 1536 bytes) hold a 64 KiB GSO segment; and a packed ring can
+/// give back at most that many chains taken for a frame that did not fit.
+pub const MAX_MERGE: usize = vfnic_dma::packed::UNPOP_DEPTH;
 
 /// Reusable RX chains, so delivering allocates nothing.
 pub struct RxScratch {

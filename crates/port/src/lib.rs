@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod af_packet;
+pub mod raw;
 pub mod ring;
 mod sys;
 pub mod tap;
@@ -239,11 +240,11 @@ pub fn open(spec: &PortSpec, counters: Arc<PortCounters>) -> Result<Arc<dyn Port
     Ok(match spec.kind {
         PortKind::Tap => {
             let i = ifname()?;
-            Arc::new(tap::TapPort::open(&spec.name, &i, spec.mtu, counters).map_err(|e| OpenError::Tap(i, e))?)
+            Arc::new(tap::open(&spec.name, &i, spec.mtu, counters).map_err(|e| OpenError::Tap(i, e))?)
         }
         PortKind::AfPacket => {
             let i = ifname()?;
-            Arc::new(af_packet::PacketPort::open(&spec.name, &i, counters).map_err(|e| OpenError::Packet(i, e))?)
+            Arc::new(af_packet::open(&spec.name, &i, counters).map_err(|e| OpenError::Packet(i, e))?)
         }
         PortKind::Vxlan => {
             let c = spec.vxlan.clone().ok_or(OpenError::Spec(spec.name.clone(), "needs vxlan settings"))?;

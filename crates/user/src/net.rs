@@ -319,13 +319,18 @@ impl VirtioNet {
     }
 
     fn setup_queue(&mut self, q: u16) -> Result<()> {
-        let enable = self.features & features::PROTOCOL_FEATURES != 0;
-        let idx = u32::from(q);
         let (layout, kick, call) = {
             let s = self.queue(q);
             (*s.ring.layout(), s.kick.as_raw_fd(), s.call.as_raw_fd())
         };
-        let user = |gpa: u64| self.mem.gpa_to_user(gpa).expect("rings are laid out inside guest memory");
+        self.register_ring(q, &layout, kick, call)
+    }
+
+    /// Tells the backend about ring `index` (size, base, addresses, doorbell
+    /// fds) and enables it when the protocol needs that.
+    fn register_ring(&mut self, index: u16, layout: &RingLayout, kick: RawFd, call: RawFd) -> Result<()> {
+        let user = |gpa: u64| self.mem.gpa_to_user(gpa).expect("rings are laid out inside the shared memory");
+        let idx = u32::from(index);
         let addr = VringAddr {
             index: idx,
             flags: 0,
@@ -334,12 +339,13 @@ impl VirtioNet {
             avail_user_addr: user(layout.avail),
             log_guest_addr: 0,
         };
+        let slot = u8::try_from(index).map_err(|_| Error::InvalidOptions("queue index above 255"))?;
         self.conn.set_vring_num(idx, u32::from(layout.num))?;
         self.conn.set_vring_base(idx, 0)?;
         self.conn.set_vring_addr(&addr)?;
-        self.conn.set_vring_kick(q as u8, Some(kick))?;
-        self.conn.set_vring_call(q as u8, Some(call))?;
-        if enable {
+        self.conn.set_vring_kick(slot, Some(kick))?;
+        self.conn.set_vring_call(slot, Some(call))?;
+        if self.features & features::PROTOCOL_FEATURES != 0 {
             self.conn.set_vring_enable(idx, true)?;
         }
         Ok(())
@@ -363,25 +369,7 @@ impl VirtioNet {
             buf_size: PAGE as u32,
         };
         q.ring.init(&self.mem)?;
-        let user = |gpa: u64| self.mem.gpa_to_user(gpa).expect("the control ring lies in scratch memory");
-        let idx = u32::from(index);
-        let addr = VringAddr {
-            index: idx,
-            flags: 0,
-            desc_user_addr: user(layout.desc),
-            used_user_addr: user(layout.used),
-            avail_user_addr: user(layout.avail),
-            log_guest_addr: 0,
-        };
-        let slot = u8::try_from(index).map_err(|_| Error::InvalidOptions("control queue index above 255"))?;
-        self.conn.set_vring_num(idx, u32::from(num))?;
-        self.conn.set_vring_base(idx, 0)?;
-        self.conn.set_vring_addr(&addr)?;
-        self.conn.set_vring_kick(slot, Some(q.kick.as_raw_fd()))?;
-        self.conn.set_vring_call(slot, Some(q.call.as_raw_fd()))?;
-        if self.features & features::PROTOCOL_FEATURES != 0 {
-            self.conn.set_vring_enable(idx, true)?;
-        }
+        self.register_ring(index, &layout, q.kick.as_raw_fd(), q.call.as_raw_fd())?;
         self.ctrl = Some(CtrlQueue { index, q, cmd_buf, in_flight: false });
         Ok(())
     }

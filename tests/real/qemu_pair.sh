@@ -59,28 +59,18 @@ start_guest() {
         -device "virtio-net-pci,netdev=net0,mac=$(vf_mac "$vf"),vectors=0,romfile="
 }
 
-# The serial log without CRs and terminal escapes (SeaBIOS emits some).
-console() { tr -d '\r' <"$WORK/$1.log" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/\x1bc//g'; }
-
 # Virtio-net feature bit string (bit 0 first, as sysfs prints it) -> hex + names.
 decode_features() {
-    local bits=$1
-    awk -v b="$bits" 'BEGIN {
-        split("0:CSUM 1:GUEST_CSUM 2:CTRL_GUEST_OFFLOADS 3:MTU 5:MAC 7:GUEST_TSO4 " \
-              "8:GUEST_TSO6 9:GUEST_ECN 10:GUEST_UFO 11:HOST_TSO4 12:HOST_TSO6 " \
-              "13:HOST_ECN 14:HOST_UFO 15:MRG_RXBUF 16:STATUS 17:CTRL_VQ 18:CTRL_RX " \
-              "19:CTRL_VLAN 20:CTRL_RX_EXTRA 21:GUEST_ANNOUNCE 22:MQ 23:CTRL_MAC_ADDR " \
-              "28:INDIRECT_DESC 29:EVENT_IDX 32:VERSION_1 33:ACCESS_PLATFORM " \
-              "34:RING_PACKED 35:IN_ORDER", kv, " ")
-        for (k in kv) { split(kv[k], p, ":"); name[p[1]] = p[2] }
-        hi = 0; lo = 0; names = ""
+    local hex
+    hex=$(awk -v b="$1" 'BEGIN {
+        hi = 0; lo = 0
         for (i = 0; i < length(b); i++) {
             if (substr(b, i + 1, 1) != "1") continue
             if (i < 32) lo += 2 ^ i; else hi += 2 ^ (i - 32)
-            names = names (names == "" ? "" : ",") (i in name ? name[i] : "bit" i)
         }
-        printf "0x%x%08x %s", hi, lo, names
-    }'
+        printf "0x%x%08x", hi, lo
+    }')
+    printf '%s %s' "$hex" "$(virtio_features_names "$1")"
 }
 
 # Check the client's ping and iperf3 results; prints the summary fields.
@@ -176,8 +166,8 @@ main() {
     [ "$EXIT_RC" -ne 124 ] || fail "guest B hit its timeout"
     wait_exit A 30 || fail "guest A did not power off after the test"
     check_backend_alive "after the guests powered off"
-    console A >"$WORK/A.console"
-    console B >"$WORK/B.console"
+    guest_console A >"$WORK/A.console"
+    guest_console B >"$WORK/B.console"
     grep -q '^VFNIC-GUEST-DONE' "$WORK/B.console" || fail "guest B did not reach VFNIC-GUEST-DONE"
 
     local fa fb

@@ -27,8 +27,10 @@
 # Why B's receive offloads are turned off in QEMU: `ethtool -K` on virtio_net
 # only changes what the guest *sends*; what it accepts (GUEST_CSUM,
 # GUEST_TSO4/6) is negotiated at feature time and only changeable through
-# VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, which vfnic does not offer. Without
-# them vfnic would pass A's 64 KB segments to B whole, and its software
+# the control queue's GUEST_OFFLOADS_SET. QEMU runs that queue itself (the
+# guest does see CTRL_GUEST_OFFLOADS), and vhost-user has no message that
+# hands the new set to the backend, so vfnic keeps what was negotiated.
+# Without them vfnic would pass A's 64 KB segments to B whole, and its software
 # path would not run. So B's virtio-net-pci gets guest_csum=off,guest_tso4=off,
 # guest_tso6=off,guest_ecn=off,guest_ufo=off (B_RX_OFFLOADS=on leaves them
 # on; the vfnic software-path assertions are then skipped).

@@ -132,8 +132,10 @@ enum VfCmd {
         /// `qos 0-7` (with a vlan), `spoofchk on|off`, `trust on|off`,
         /// `promisc on|off` (trusted VFs only), `state auto|enable|disable`
         /// (`link up|down` too), `max_tx_rate MBPS` (`rate` too),
-        /// `min_tx_rate MBPS`, `weight 1-1000`, `rx-usecs N`, `rx-frames N`
-        /// (interrupt moderation, as ethtool -C).
+        /// `min_tx_rate MBPS`, `weight 1-1000`, `speed MBPS` (link speed:
+        /// the most the VF receives, shared among its senders; 0 = its
+        /// tenant's pace), `rx-usecs N`, `rx-frames N` (interrupt
+        /// moderation, as ethtool -C).
         #[arg(num_args = 2.., required = true, allow_hyphen_values = true)]
         settings: Vec<String>,
     },
@@ -157,7 +159,7 @@ enum VfCmd {
 
 /// Every word `vfnic vf set` knows, for the error message.
 const SETTINGS: &str = "mac, vlan, qos, spoofchk, trust, promisc, state, link, max_tx_rate, min_tx_rate, weight, \
-                        rx-usecs, rx-frames";
+                        speed, rx-usecs, rx-frames";
 
 fn number<T: std::str::FromStr>(key: &str, value: &str, what: &str) -> Result<T> {
     value.parse().map_err(|_| anyhow::anyhow!("{key} must be {what}, not `{value}`"))
@@ -205,6 +207,7 @@ fn parse_settings(words: &[String]) -> Result<VfChange> {
             "max_tx_rate" => change.max_tx_rate = Some(number(key, value, "a rate in Mbit/s (0 = unlimited)")?),
             "min_tx_rate" => change.min_tx_rate = Some(number(key, value, "a rate in Mbit/s")?),
             "weight" => change.weight = Some(number(key, value, "a number (1 to 1000)")?),
+            "speed" => change.speed = Some(number(key, value, "a link speed in Mbit/s (0 = the tenant's pace)")?),
             "rx-usecs" => change.rx_usecs = Some(number(key, value, "a number of microseconds")?),
             "rx-frames" => change.rx_frames = Some(number(key, value, "a number of frames")?),
             other => bail!("unknown VF setting `{other}` (known: {SETTINGS})"),
@@ -336,7 +339,8 @@ mod tests {
         assert_eq!(c.state, Some(LinkState::Disable));
         assert!(parse_settings(&words("link sideways")).is_err());
         assert!(parse_settings(&words("mac")).is_err());
-        assert!(parse_settings(&words("speed 10")).is_err());
+        assert!(parse_settings(&words("warp 10")).is_err());
+        assert_eq!(parse_settings(&words("speed 10")).unwrap().speed, Some(10));
         assert!(parse_settings(&words("mac 02:00")).is_err());
         let c = parse_settings(&words(
             "max_tx_rate 1000 spoofchk on vlan 10 qos 3 trust on promisc on state enable min_tx_rate 10 weight 7",

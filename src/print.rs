@@ -58,6 +58,16 @@ pub fn vf_show(v: &Value) -> String {
     };
     let _ = writeln!(o, "  {:<14} {}", "max_tx_rate", rate("max_tx_rate"));
     let _ = writeln!(o, "  {:<14} {}", "min_tx_rate", s(&v["min_tx_rate"]));
+    let _ = writeln!(
+        o,
+        "  {:<14} {}",
+        "speed",
+        match v["speed"].as_u64() {
+            Some(0) => "0 (the tenant's pace)".to_string(),
+            Some(n) => format!("{n} Mbit/s"),
+            None => "-".into(),
+        }
+    );
     for key in ["weight", "rx_usecs", "rx_frames", "socket", "queue_pairs", "engines", "features", "status"] {
         let _ = writeln!(o, "  {key:<14} {}", s(&v[key]));
     }

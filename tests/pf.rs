@@ -44,6 +44,7 @@ fn every_bad_value_gets_a_clear_error_and_changes_nothing() {
     let before = show(&d, 1);
     let cases = [
         ("vf set 1 max_tx_rate fast", "max_tx_rate must be a rate in Mbit/s"),
+        ("vf set 1 speed 10G", "speed must be a link speed in Mbit/s"),
         ("vf set 1 vlan 5000", "vlan 5000 is out of range"),
         ("vf set 1 vlan 70000", "vlan must be a VLAN id"),
         ("vf set 9 trust on", "VF 9 does not exist"),
@@ -93,7 +94,7 @@ fn several_settings_at_once_in_ip_link_order() {
     let (ok, out, err) = cli(
         &d,
         "vf set 1 max_tx_rate 1000 spoofchk off vlan 10 qos 3 trust on promisc on state enable min_tx_rate 100 \
-         weight 20 rx-usecs 50",
+         weight 20 rx-usecs 50 speed 10000",
     );
     assert!(ok, "{err}");
     assert!(out.contains("max_tx_rate    1000 Mbit/s") && out.contains("spoofchk       off"), "{out}");
@@ -101,6 +102,8 @@ fn several_settings_at_once_in_ip_link_order() {
     assert_eq!(v["max_tx_rate"], 1000);
     assert_eq!(v["min_tx_rate"], 100);
     assert_eq!(v["weight"], 20);
+    assert_eq!(v["speed"], 10000);
+    assert!(out.contains("speed          10000 Mbit/s"), "{out}");
     assert_eq!((v["vlan"].clone(), v["qos"].clone()), (Value::from(10), Value::from(3)));
     assert_eq!(
         (v["spoofchk"].clone(), v["trust"].clone(), v["promisc"].clone()),

@@ -147,3 +147,49 @@ fn min_tx_rate_is_kept_under_contention() {
     assert!(vf0_fps >= 0.8 * want, "VF0 got {vf0_fps:.0} frames/s, guaranteed {want:.0}: {got:?}");
     assert!(got[0] > got[1] && got[0] > got[2], "the guarantee lifts VF0 above an equal share: {got:?}");
 }
+
+/// A receiver with a link speed: three senders that flood it share the
+/// link by weight (1:2:3) and together fill it, counted per source at the
+/// receiver; the link drops nothing (frames wait in the senders' rings).
+#[test]
+fn link_speed_is_shared_by_weight() {
+    let _one = serial();
+    // 40 Mbit/s = 5000 frames/s of 1000 bytes: far below what three
+    // senders offer and what the receiver drains.
+    let d = Daemon::start(
+        "num_vfs = 4\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n\
+         [[vf]]\nid = 3\nspeed = 40\n",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..3u16)
+        .map(|v| {
+            let (tx, s) = (attach(&d, v), stop.clone());
+            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
+        })
+        .collect();
+    let rx = attach(&d, 3);
+    let s = stop.clone();
+    let warmup = Duration::from_millis(500);
+    let drain = std::thread::spawn(move || slow_drain(rx, Duration::ZERO, s, warmup));
+    std::thread::sleep(Duration::from_millis(3500));
+    // While everyone runs (once the receiver stops draining, frames do drop).
+    let dropped = d.counter(3, &["rx_dropped"]);
+    stop.store(true, Ordering::Relaxed);
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    let got = drain.join().unwrap();
+    let total: u64 = got[..3].iter().sum();
+    let mbps = total as f64 * 1000.0 * 8.0 / 3.0 / 1e6;
+    assert!((mbps - 40.0).abs() < 4.0, "the link carried {mbps:.1} Mbit/s, speed 40: {got:?}");
+    for (v, w) in [1.0f64, 2.0, 3.0].iter().enumerate() {
+        let share = got[v] as f64 / total as f64;
+        assert!(
+            (share - w / 6.0).abs() < 0.03,
+            "VF{v} (weight {w}) got {share:.3} of the link, want {:.3}: {got:?}",
+            w / 6.0
+        );
+    }
+    // A full link holds frames back in the senders' rings; drops come only
+    // from a receiver that took nothing for 2 ms (its thread descheduled
+    // on a busy machine).
+    assert!(dropped * 100 <= total, "{dropped} frames dropped against {total} received");
+}

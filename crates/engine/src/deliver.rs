@@ -343,7 +343,7 @@ pub fn deliver_group_to<'f>(
                 if r == DropReason::RxNoBuffer {
                     // The receiver cannot take all it is sent: from now on
                     // its senders share it by weight (forward.rs 2b).
-                    dest.fair_share().mark_congested(vfnic_dma::tsc::ns());
+                    dest.share().mark_congested(vfnic_dma::tsc::ns());
                 }
                 dest.counters.drop_frames(r, 1)
             }

@@ -323,6 +323,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         // queue runs dry.
         qos.deficit = if drained { 0 } else { budget };
     }
+    if qos.throttled_until_ns > now_ns {
+        // Held by its own max_tx_rate: receivers' arbiters do not wait for it.
+        f.hold_tx(qos.throttled_until_ns);
+    }
     if n == 0 && fault.is_none() {
         return 0;
     }
@@ -413,57 +417,78 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     }
 
     // 2b. Backpressure and egress arbitration: a unicast receiver with no
-    // RX buffer at all is congested; its senders then share it by deficit
-    // round robin with their weights (frames under a min_tx_rate guarantee
-    // pass first). Frames not admitted wait in the sender's ring, in order;
-    // a receiver that takes nothing for BACKPRESSURE_NS gets its frames
-    // dropped instead, as on a NIC.
+    // RX buffer, or whose link (`speed`) is full, is congested; its senders
+    // then share it in fair order by weight (vfnic_qos::Share; frames under
+    // a min_tx_rate guarantee pass first). Frames not admitted wait in the
+    // sender's ring, in order; a receiver that takes nothing for
+    // BACKPRESSURE_NS gets its frames dropped instead, as on a NIC (a full
+    // link is never a reason to drop: it drains at its speed).
     let mut cut = n;
     let mut blocked = false;
-    {
-        let ports = fabric.ports();
-        // (receiver, RX buffers it has posted, frames admitted to it).
-        let mut rooms: [(u16, u16); 8] = [(u16::MAX, 0); 8];
-        for (i, m) in scratch.dest.iter().enumerate() {
-            let Dest::Port(p) = m.dest else { continue };
-            if m.drop.is_some() {
-                continue;
+    // (receiver, RX buffers it has posted, its link speed), per receiver
+    // of the burst.
+    let mut rooms: [(u16, u16, u32); 8] = [(u16::MAX, 0, 0); 8];
+    let ports = fabric.ports();
+    let held = |vf: u16| ports.get(vf as usize).and_then(Option::as_ref).is_some_and(|p| p.tx_held(now_ns));
+    for (i, m) in scratch.dest.iter().enumerate() {
+        let Dest::Port(p) = m.dest else { continue };
+        if m.drop.is_some() {
+            continue;
+        }
+        let Some(d) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
+        let slot = match rooms.iter().position(|r| r.0 == p) {
+            Some(k) => Some(k),
+            None => {
+                rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| rooms[k] = (p, rx_room(d), d.policy().speed))
             }
-            let Some(d) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
-            let slot = match rooms.iter().position(|r| r.0 == p) {
-                Some(k) => Some(k),
-                None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| rooms[k] = (p, rx_room(d))),
-            };
-            if let Some(k) = slot {
-                if rooms[k].1 == 0 {
-                    // No buffer posted for this frame: it waits, and the
-                    // receiver's senders now share it by weight; a
-                    // guarantee holds the next buffers for itself.
-                    let mut fair = d.fair_share();
-                    fair.mark_congested(now_ns);
-                    if pass == Pass::Guaranteed {
-                        fair.reserve(now_ns);
-                    }
-                    cut = i;
-                    blocked = true;
-                    break;
-                }
-                rooms[k].1 -= 1;
-            }
+        };
+        let mut share = d.share();
+        if slot.is_some_and(|k| rooms[k].1 == 0) {
+            // No buffer posted for this frame: it waits, and the receiver's
+            // senders now share it by weight; a guarantee holds the next
+            // buffers for itself.
+            share.mark_congested(now_ns);
             if pass == Pass::Guaranteed {
-                d.fair_share().release();
+                share.reserve(now_ns);
             }
-            if pass != Pass::Guaranteed {
-                let mut fair = d.fair_share();
-                if fair.congested(now_ns)
-                    && (fair.reserved(now_ns) || !fair.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns))
-                {
-                    cut = i;
-                    break;
-                }
+            cut = i;
+            blocked = true;
+            break;
+        }
+        share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
+        if let Some(ready_ns) = share.link_wait(m.len, now_ns) {
+            // The link is full: the same contention as a receiver out of
+            // buffers, and this queue rests until the link has room.
+            share.mark_congested(now_ns);
+            if pass == Pass::Guaranteed {
+                share.reserve(now_ns);
+            }
+            qos.throttled_until_ns = ready_ns;
+            cut = i;
+            break;
+        }
+        if pass == Pass::Guaranteed {
+            share.release();
+        } else if share.congested(now_ns)
+            && (share.reserved(now_ns) || !share.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns, held))
+        {
+            cut = i;
+            break;
+        }
+        share.take_link(m.len);
+        if let Some(k) = slot {
+            rooms[k].1 -= 1;
+        }
+    }
+    if drained && cut == n {
+        // The queue ran dry with all of it admitted: it no longer contends.
+        for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX) {
+            if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
+                d.share().idle(f.id.0);
             }
         }
     }
+    drop(ports);
     if cut < n {
         let since = if blocked { *qos.blocked_since_ns.get_or_insert(now_ns) } else { now_ns };
         if now_ns.saturating_sub(since) < BACKPRESSURE_NS {

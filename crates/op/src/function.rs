@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
+use vfnic_qos::Share;
 use vfnic_types::{Counter, LinkState, MacAddr, VfCounters, VfId};
 
 use crate::mailbox::{self, BackendChannel, Effect, MailboxHandler, NotifyError};
@@ -51,6 +52,10 @@ pub struct FunctionSettings {
     pub min_tx_rate: u32,
     /// Share of what is left under contention (`weight`, >= 1).
     pub weight: u32,
+    /// Link speed in Mbit/s (`speed`, as `ethtool -s DEV speed N`; 0 = as
+    /// fast as the tenant drains): the capacity of the VF's receive side,
+    /// which its senders share by the egress arbiter.
+    pub speed: u32,
     /// Path of the vhost-user socket.
     pub socket: PathBuf,
     /// Interrupt moderation (ethtool `rx-usecs`): hold an RX interrupt at
@@ -77,6 +82,7 @@ impl FunctionSettings {
             max_tx_rate: 0,
             min_tx_rate: 0,
             weight: 1,
+            speed: 0,
             socket,
             rx_usecs: 0,
             rx_frames: 0,
@@ -108,140 +114,8 @@ pub struct Policy {
     pub min_tx_rate: u32,
     /// DRR weight of what is left (>= 1).
     pub weight: u32,
-}
-
-/// Deficit round robin among the senders of a congested receiver (an egress
-/// arbiter per destination). Senders seen within [`FairShare::ACTIVE_NS`] are
-/// the active set; each gets `quantum × weight` bytes of credit per round,
-/// and a new round starts once every active sender has spent its credit, so
-/// the receiver's capacity is shared in proportion to the weights.
-#[derive(Debug, Default)]
-pub struct FairShare {
-    senders: Vec<FairSender>,
-    /// Until when (ns) the receiver counts as congested.
-    congested_until_ns: u64,
-    /// Until when (ns) its next buffers are reserved for a sender whose
-    /// min_tx_rate guarantee found no room.
-    reserved_until_ns: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FairSender {
-    vf: u16,
-    weight: u32,
-    credit: i64,
-    last_ns: u64,
-    /// Its last request was refused for want of credit: it waits for the
-    /// next round (it has spent its share of this one).
-    spent: bool,
-}
-
-impl FairShare {
-    /// A sender not seen for this long leaves the active set.
-    pub const ACTIVE_NS: u64 = 1_000_000;
-    /// How long one sign of congestion (no RX buffer) keeps the arbiter on.
-    pub const CONGESTED_NS: u64 = 2_000_000;
-    /// How long buffers stay held for a guarantee that found none.
-    pub const RESERVE_NS: u64 = 1_000_000;
-
-    /// Records that the receiver had no RX buffer at `now_ns`.
-    pub fn mark_congested(&mut self, now_ns: u64) {
-        self.congested_until_ns = now_ns + Self::CONGESTED_NS;
-    }
-
-    /// A guaranteed frame found no room: hold the next buffers for it.
-    pub fn reserve(&mut self, now_ns: u64) {
-        self.reserved_until_ns = now_ns + Self::RESERVE_NS;
-    }
-
-    /// The guaranteed sender got its room.
-    pub fn release(&mut self) {
-        self.reserved_until_ns = 0;
-    }
-
-    /// True while buffers are held for a guarantee.
-    pub fn reserved(&self, now_ns: u64) -> bool {
-        now_ns < self.reserved_until_ns
-    }
-
-    /// True while the receiver counts as congested.
-    pub fn congested(&self, now_ns: u64) -> bool {
-        now_ns < self.congested_until_ns
-    }
-
-    /// May `vf` (with `weight`) hand over `bytes` now? Consumes its credit.
-    pub fn admit(&mut self, vf: u16, weight: u32, bytes: u64, quantum: u64, now_ns: u64) -> bool {
-        self.senders.retain(|s| now_ns.saturating_sub(s.last_ns) < Self::ACTIVE_NS || s.vf == vf);
-        let i = match self.senders.iter().position(|s| s.vf == vf) {
-            Some(i) => i,
-            None => {
-                let credit = (quantum * weight.max(1) as u64) as i64;
-                self.senders.push(FairSender { vf, weight, credit, last_ns: now_ns, spent: false });
-                self.senders.len() - 1
-            }
-        };
-        self.senders[i].weight = weight.max(1);
-        self.senders[i].last_ns = now_ns;
-        if self.senders[i].credit < bytes as i64 {
-            // Out of credit: it has spent its share of this round. A new
-            // round starts once every active sender has (the others get
-            // their turn first).
-            self.senders[i].spent = true;
-            if !self.senders.iter().all(|s| s.spent || s.credit < 64) {
-                return false;
-            }
-            for s in &mut self.senders {
-                s.credit = s.credit.max(0) + (quantum * s.weight as u64) as i64;
-                s.spent = false;
-            }
-            if self.senders[i].credit < bytes as i64 {
-                self.senders[i].spent = true;
-                return false;
-            }
-        }
-        self.senders[i].credit -= bytes as i64;
-        true
-    }
-}
-
-#[cfg(test)]
-mod fair_tests {
-    use super::FairShare;
-
-    /// Three always-backlogged senders with weights 1:2:3 share a receiver
-    /// that takes one 1000-byte frame per step.
-    #[test]
-    fn shares_follow_weights() {
-        let mut f = FairShare::default();
-        let mut got = [0u64; 3];
-        let weights = [1u32, 2, 3];
-        for step in 0..60_000u64 {
-            // The receiver takes one frame per step; senders ask in turn.
-            for k in 0..3 {
-                let v = ((step as usize) + k) % 3;
-                if f.admit(v as u16, weights[v], 1000, 1536, step * 10) {
-                    got[v] += 1;
-                    break;
-                }
-            }
-        }
-        let total: u64 = got.iter().sum();
-        for (v, w) in weights.iter().enumerate() {
-            let share = got[v] as f64 / total as f64;
-            let want = *w as f64 / 6.0;
-            assert!((share - want).abs() < 0.01, "sender {v}: {share:.3} of the frames, want {want:.3} ({got:?})");
-        }
-    }
-
-    #[test]
-    fn an_idle_sender_leaves_the_active_set() {
-        let mut f = FairShare::default();
-        assert!(f.admit(1, 1, 1000, 1536, 0));
-        // Sender 1 stops; sender 2 alone is never held back for it.
-        for t in 0..100 {
-            assert!(f.admit(2, 1, 1000, 1536, 2_000_000 + t * 1000), "step {t}");
-        }
-    }
+    /// Receive capacity, Mbit/s (0 = none but the tenant's own pace).
+    pub speed: u32,
 }
 
 /// Traffic of one queue pair.
@@ -271,6 +145,7 @@ impl Policy {
             max_tx_rate: s.max_tx_rate,
             min_tx_rate: s.min_tx_rate,
             weight: s.weight.max(1),
+            speed: s.speed,
         }
     }
 }
@@ -304,8 +179,11 @@ pub struct Function {
     policy: arc_swap::ArcSwap<Policy>,
     /// `min_tx_rate != 0`, for the engines' guarantee turn.
     guarantee: AtomicBool,
-    /// Egress arbiter of this function as a receiver, while congested.
-    fair: std::sync::Mutex<FairShare>,
+    /// Egress arbiter of this function as a receiver.
+    share: std::sync::Mutex<Share>,
+    /// Until when (ns) the VF's own `max_tx_rate` shaper holds its
+    /// transmit queues (receivers' arbiters do not wait for it meanwhile).
+    tx_held_until_ns: AtomicU64,
     mtu: AtomicU16,
     link_up: AtomicBool,
     /// `rx_usecs` in the high 32 bits, `rx_frames` in the low 32.
@@ -341,7 +219,8 @@ impl Function {
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
             guarantee: AtomicBool::new(settings.min_tx_rate != 0),
-            fair: std::sync::Mutex::new(FairShare::default()),
+            share: std::sync::Mutex::new(Share::default()),
+            tx_held_until_ns: AtomicU64::new(0),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
@@ -384,10 +263,21 @@ impl Function {
         self.guarantee.store(s.min_tx_rate != 0, Ordering::Relaxed);
     }
 
-    /// The egress arbiter that shares this function among its senders when
-    /// it cannot take all they send.
-    pub fn fair_share(&self) -> std::sync::MutexGuard<'_, FairShare> {
-        self.fair.lock().unwrap_or_else(|e| e.into_inner())
+    /// The egress arbiter that shares this function among its senders.
+    pub fn share(&self) -> std::sync::MutexGuard<'_, Share> {
+        self.share.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its `max_tx_rate` shaper holds its transmit queues until `until_ns`.
+    #[inline]
+    pub fn hold_tx(&self, until_ns: u64) {
+        self.tx_held_until_ns.store(until_ns, Ordering::Relaxed);
+    }
+
+    /// True while its shaper holds it (fast path read).
+    #[inline]
+    pub fn tx_held(&self, now_ns: u64) -> bool {
+        now_ns < self.tx_held_until_ns.load(Ordering::Relaxed)
     }
 
     /// The VF has a `min_tx_rate` guarantee (fast path read).

@@ -3,7 +3,7 @@
 //! Requests: `{"cmd":"vf_set","vf":1,"state":"disable","max_tx_rate":1000}`
 //! (keys are ip-link's words with underscores: `mac`, `vlan`, `qos`,
 //! `spoofchk`, `trust`, `promisc` (booleans), `state` (or `link`),
-//! `max_tx_rate`, `min_tx_rate`, `weight`, `rx_usecs`, `rx_frames`),
+//! `max_tx_rate`, `min_tx_rate`, `weight`, `speed`, `rx_usecs`, `rx_frames`),
 //! `{"cmd":"vf_reset","vf":1}`, `{"cmd":"vf_qemu_args","vf":1}`,
 //! `{"cmd":"vf_dpdk_args","vf":1}`, `{"cmd":"pf_show"}`,
 //! `{"cmd":"pf_set_vfs","num_vfs":8}`, `{"cmd":"vf_list"}`,

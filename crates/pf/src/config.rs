@@ -23,6 +23,8 @@
 //! max_tx_rate = 1000       # Mbit/s, 0 = unlimited
 //! min_tx_rate = 100        # Mbit/s guaranteed under contention (<= max_tx_rate)
 //! weight = 10              # share of what is left, 1-1000 (default 1)
+//! speed = 10000            # link speed, Mbit/s: what the VF receives at most,
+//!                          # shared among its senders (0 = the tenant's pace)
 //! rx_usecs = 50            # interrupt moderation (ethtool -C rx-usecs), 0 = off
 //! rx_frames = 32           # ... or once this many frames are pending
 //! ```
@@ -182,6 +184,8 @@ pub struct VfConfig {
     pub min_tx_rate: Option<u32>,
     /// Share under contention (1-1000, default 1).
     pub weight: Option<u32>,
+    /// Link speed, Mbit/s (0 = the tenant's pace).
+    pub speed: Option<u32>,
     /// Interrupt moderation time in microseconds (default 0: off).
     pub rx_usecs: Option<u32>,
     /// Interrupt moderation frame count (default 0: off).
@@ -398,6 +402,9 @@ impl Config {
             }
             if let Some(x) = v.weight {
                 s.weight = x;
+            }
+            if let Some(x) = v.speed {
+                s.speed = x;
             }
             check_settings(&s.function_settings()).map_err(|e| invalid(span.clone(), format!("vf {}: {e}", v.id)))?;
         }

@@ -82,6 +82,8 @@ pub struct VfInfo {
     pub min_tx_rate: u32,
     /// Share under contention.
     pub weight: u32,
+    /// Link speed (receive capacity), Mbit/s (0 = the tenant's pace).
+    pub speed: u32,
     /// Socket path.
     pub socket: PathBuf,
     /// A tenant is attached.
@@ -225,6 +227,9 @@ pub struct VfChange {
     /// Share under contention (1-1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Link speed (receive capacity), Mbit/s (0 = the tenant's pace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed: Option<u32>,
     /// New interrupt moderation time (microseconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_usecs: Option<u32>,
@@ -247,6 +252,7 @@ impl VfChange {
             max_tx_rate: Some(s.max_tx_rate),
             min_tx_rate: Some(s.min_tx_rate),
             weight: Some(s.weight),
+            speed: Some(s.speed),
             rx_usecs: Some(s.rx_usecs),
             rx_frames: Some(s.rx_frames),
         }
@@ -291,6 +297,9 @@ impl VfChange {
         }
         if let Some(w) = self.weight {
             s.weight = w;
+        }
+        if let Some(r) = self.speed {
+            s.speed = r;
         }
         if let Some(u) = self.rx_usecs {
             s.rx_usecs = u;
@@ -483,6 +492,7 @@ impl Pf {
             max_tx_rate: s.max_tx_rate,
             min_tx_rate: s.min_tx_rate,
             weight: s.weight,
+            speed: s.speed,
             socket,
             connected: func.connected(),
             backend_channel: func.has_backend_channel(),

@@ -51,6 +51,21 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// Hints the CPU to fetch the cache line at `p` for writing (an early
+/// read-for-ownership of a line the other side wrote last).
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: PREFETCHW is a hint: it does not fault and changes no
+        // architectural state, for any address; CPUs without it decode the
+        // 0F 0D opcode as a NOP.
+        unsafe { core::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly)) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A read/write position inside a chain.
 #[derive(Debug)]
 pub struct Cursor<'c> {

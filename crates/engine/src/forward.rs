@@ -295,6 +295,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut fault = None;
     let mut n = 0;
     let mut drained = false;
+    ring.prefetch_burst(BURST as u16);
     while n < BURST {
         match ring.pop_chain(&mut scratch.tx[n], Access::DeviceReads, indirect) {
             Ok(true) => {}

@@ -228,6 +228,34 @@ impl SplitRing {
         }
     }
 
+    /// Second stage of the look-ahead (after [`SplitRing::prefetch_burst`]):
+    /// starts fetching the first cache line of the buffers the next `max`
+    /// available heads point to, for writing (RX: the header and frame go
+    /// there next) or reading. A hint only: a descriptor that is indirect or
+    /// points outside the memory table is skipped here and refused when the
+    /// chain is walked.
+    #[inline]
+    pub fn prefetch_buffers(&mut self, max: u16, write: bool) {
+        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max).min(self.size);
+        let mask = self.size - 1;
+        for i in 0..n {
+            let slot = (self.next_avail.wrapping_add(i) & mask) as usize;
+            // SAFETY: as in `prefetch_burst`.
+            let head = unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() };
+            let d = self.desc(head & mask);
+            if d.flags & DESC_F_INDIRECT != 0 {
+                continue;
+            }
+            if let Some((p, _)) = self.mem.translate_partial(d.addr) {
+                if write {
+                    crate::copy::prefetch_write(p);
+                } else {
+                    crate::copy::prefetch(p);
+                }
+            }
+        }
+    }
+
     /// Gives back a head taken by `pop_head` that will not be used now
     /// (the destination had no room): it is taken again next time.
     pub fn unpop(&mut self, n: u16) {

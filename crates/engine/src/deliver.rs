@@ -329,7 +329,9 @@ pub fn deliver_group_to<'f>(
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     // Look ahead: the RX descriptors and used lines of the whole group.
-    ring.prefetch_burst(frames.size_hint().1.unwrap_or(1).clamp(1, 64) as u16);
+    let ahead = frames.size_hint().1.unwrap_or(1).clamp(1, 64) as u16;
+    ring.prefetch_burst(ahead);
+    ring.prefetch_buffers(ahead, true);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
     for frame in frames.by_ref() {

@@ -152,6 +152,32 @@ impl<'c> Cursor<'c> {
     }
 }
 
+/// The common case of a delivery in one step: `hdr` and then `len` bytes of
+/// `src` from `src_off` on, written to the start of `dst`, when the source
+/// bytes lie in `src`'s first segment and `hdr` plus them fit in `dst`'s
+/// first segment. Returns false, having written nothing, otherwise (the
+/// caller then takes the general path of [`Cursor`]s and [`copy`]).
+#[inline]
+pub fn copy_flat(hdr: &[u8], src: &Chain, src_off: u64, len: u64, dst: &Chain) -> bool {
+    let (Some(s), Some(d)) = (src.segments().first(), dst.segments().first()) else { return false };
+    let fits_src = src_off.checked_add(len).is_some_and(|end| end <= s.len as u64);
+    let fits_dst = (hdr.len() as u64).checked_add(len).is_some_and(|end| end <= d.len as u64);
+    if !fits_src || !fits_dst {
+        return false;
+    }
+    // SAFETY: `s.ptr + src_off .. + len` and `d.ptr .. + hdr.len() + len`
+    // lie inside the first segment of each chain (checked just above),
+    // each translated with its length from its chain's memory, which the
+    // chains keep mapped; RX chains are walked with `Access::DeviceWrites`,
+    // so the tenant marked `d` writable. The two are different mappings of
+    // tenant memory (no overlap), and `hdr` is the daemon's own.
+    unsafe {
+        copy_bytes(hdr.as_ptr(), d.ptr, hdr.len());
+        copy_bytes(s.ptr.add(src_off as usize), d.ptr.add(hdr.len()), len as usize);
+    }
+    true
+}
+
 /// Copies up to `len` bytes from `src` to `dst`, advancing both; returns the
 /// number copied (less than `len` when either chain ends).
 #[inline]
@@ -212,6 +238,32 @@ mod tests {
         }
         assert_eq!(&got[..10], &[0xee; 10]);
         assert_eq!(&got[10..1000], &payload[10..]);
+    }
+
+    #[test]
+    fn copy_flat_takes_only_the_single_segment_case() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let frame: Vec<u8> = (0..100u8).collect();
+        t.write(GPA + BUF_OFF, &[0xaa; 12]);
+        t.write(GPA + BUF_OFF + 12, &frame);
+        t.set_desc(0, Desc { addr: GPA + BUF_OFF, len: 112, flags: 0, next: 0 });
+        t.set_desc(1, Desc { addr: GPA + BUF_OFF + 4096, len: 112, flags: DESC_F_WRITE, next: 0 });
+        t.set_desc(2, Desc { addr: GPA + BUF_OFF + 8192, len: 111, flags: DESC_F_WRITE, next: 0 });
+        let (mut a, mut b, mut c) = (Chain::default(), Chain::default(), Chain::default());
+        a.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        b.walk(&r, 1, Access::DeviceWrites, false).unwrap();
+        c.walk(&r, 2, Access::DeviceWrites, false).unwrap();
+        let hdr = [7u8; 12];
+        assert!(copy_flat(&hdr, &a, 12, 100, &b));
+        assert_eq!(t.read(GPA + BUF_OFF + 4096, 12), hdr);
+        assert_eq!(t.read(GPA + BUF_OFF + 4096 + 12, 100), frame);
+        // One byte too small: nothing written, the general path's turn.
+        assert!(!copy_flat(&hdr, &a, 12, 100, &c));
+        assert_eq!(t.read(GPA + BUF_OFF + 8192, 111), vec![0; 111]);
+        // Source shorter than asked.
+        assert!(!copy_flat(&hdr, &a, 13, 100, &b));
+        assert!(!copy_flat(&hdr, &a, u64::MAX, 100, &b));
     }
 
     #[test]

@@ -431,6 +431,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut rooms: [(u16, u16, u32); 8] = [(u16::MAX, 0, 0); 8];
     let ports = fabric.ports();
     let held = |vf: u16| ports.get(vf as usize).and_then(Option::as_ref).is_some_and(|p| p.tx_held(now_ns));
+    let mut run: Option<(u16, std::sync::MutexGuard<'_, vfnic_qos::Share>)> = None;
     for (i, m) in scratch.dest.iter().enumerate() {
         let Dest::Port(p) = m.dest else { continue };
         if m.drop.is_some() {
@@ -443,7 +444,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| rooms[k] = (p, rx_room(d), d.policy().speed))
             }
         };
-        let mut share = d.share();
+        // The receiver's arbiter, locked once for a run of frames to it; one
+        // receiver lock at a time (engines lock receivers in no set order).
+        if run.as_ref().is_none_or(|r| r.0 != p) {
+            drop(run.take());
+            run = Some((p, d.share()));
+        }
+        let share = &mut run.as_mut().expect("locked just above").1;
         if slot.is_some_and(|k| rooms[k].1 == 0) {
             // No buffer posted for this frame: it waits, and the receiver's
             // senders now share it by weight; a guarantee holds the next
@@ -481,6 +488,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             rooms[k].1 -= 1;
         }
     }
+    drop(run);
     if drained && cut == n {
         // The queue ran dry with all of it admitted: it no longer contends.
         for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX) {

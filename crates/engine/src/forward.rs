@@ -343,6 +343,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     scratch.learn.clear();
     {
         let mut last_src = None;
+        let mut last_fwd = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
             let nowhere =
@@ -402,10 +403,18 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                     scratch.learn.push((domain, src));
                 }
             }
-            let (dest, drop) = match fdb.forward_vlan(ingress, domain, dst) {
-                Forward::Unicast(p) => (Dest::Port(p.0), None),
-                Forward::Flood => (Dest::Flood, None),
-                Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
+            // ... and their destination: one lookup per run of frames to it.
+            let (dest, drop) = match last_fwd {
+                Some((k, v)) if k == (domain, dst) => v,
+                _ => {
+                    let v = match fdb.forward_vlan(ingress, domain, dst) {
+                        Forward::Unicast(p) => (Dest::Port(p.0), None),
+                        Forward::Flood => (Dest::Flood, None),
+                        Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
+                    };
+                    last_fwd = Some(((domain, dst), v));
+                    v
+                }
             };
             scratch.dest.push(Meta { dest, len, domain, tagged, drop, offload });
         }

@@ -410,7 +410,12 @@ mod tests {
             let n = weights.len();
             let mut f = Share::default();
             let mut got = vec![0u64; n];
-            for step in 0..20_000usize {
+            // Every sender has asked once: all are backlogged.
+            for v in 0..n {
+                proptest::prop_assert!(f.admit(v as u16, weights[v], lens[v], Q, 0, NEVER_HELD));
+                got[v] += lens[v];
+            }
+            for step in 1..20_000usize {
                 for k in 0..n {
                     let v = (order[step % order.len()] + k) % n;
                     let len = lens[v];

@@ -4,13 +4,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vfnic_bus::message::{parse, Header, HDR_LEN};
+use vfnic_bus::message::{parse, Header, HEADER_SIZE};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
-    while rest.len() >= HDR_LEN {
-        let hdr: [u8; HDR_LEN] = rest[..HDR_LEN].try_into().unwrap();
-        rest = &rest[HDR_LEN..];
+    while rest.len() >= HEADER_SIZE {
+        let hdr: [u8; HEADER_SIZE] = rest[..HEADER_SIZE].try_into().unwrap();
+        rest = &rest[HEADER_SIZE..];
         let Ok(h) = Header::parse(&hdr) else { return };
         let n = (h.size as usize).min(rest.len());
         let (body, tail) = rest.split_at(n);

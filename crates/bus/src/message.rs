@@ -4,76 +4,16 @@
 use thiserror::Error;
 use vfnic_dma::RegionSpec;
 
-/// Size of the message header.
-pub const HDR_LEN: usize = 12;
-/// Largest body accepted; bigger is a framing error (the largest real
-/// message, GET_CONFIG with 256 bytes of config, is 268 bytes).
-pub const MAX_BODY: usize = 4096;
+pub use vfnic_types::vhost_user::{flags, protocol_features, request, HEADER_SIZE, MAX_PAYLOAD, VRING_NOFD_MASK};
+
 /// Most fds one message may carry.
 pub const MAX_FDS: usize = 8;
 
-/// Protocol version in the low flag bits.
-pub const VERSION: u32 = 0x1;
-/// Reply flag.
-pub const FLAG_REPLY: u32 = 0x4;
-/// The front end wants an ack (`REPLY_ACK`).
-pub const FLAG_NEED_REPLY: u32 = 0x8;
-/// Bit 8 of a kick/call/err payload: no fd follows (polling).
-pub const VRING_NOFD: u64 = 0x100;
-
-/// Protocol feature bits (`VHOST_USER_PROTOCOL_F_*`).
-pub mod proto {
-    /// Multiqueue (`GET_QUEUE_NUM`).
-    pub const MQ: u64 = 1 << 0;
-    /// `NEED_REPLY` acks.
-    pub const REPLY_ACK: u64 = 1 << 3;
-    /// `NET_SET_MTU`.
-    pub const NET_MTU: u64 = 1 << 4;
-    /// Backend-to-front-end request channel.
-    pub const BACKEND_REQ: u64 = 1 << 5;
-    /// `GET_CONFIG`/`SET_CONFIG`.
-    pub const CONFIG: u64 = 1 << 9;
-    /// `RESET_DEVICE`.
-    pub const RESET_DEVICE: u64 = 1 << 13;
-    /// `SET_STATUS`/`GET_STATUS`.
-    pub const STATUS: u64 = 1 << 16;
-    /// What every VF offers.
-    pub const OFFERED: u64 = MQ | REPLY_ACK | NET_MTU | BACKEND_REQ | CONFIG | RESET_DEVICE | STATUS;
-}
-
-/// Request codes (front end to backend).
-#[allow(missing_docs)]
-pub mod code {
-    pub const GET_FEATURES: u32 = 1;
-    pub const SET_FEATURES: u32 = 2;
-    pub const SET_OWNER: u32 = 3;
-    pub const RESET_OWNER: u32 = 4;
-    pub const SET_MEM_TABLE: u32 = 5;
-    pub const SET_LOG_BASE: u32 = 6;
-    pub const SET_LOG_FD: u32 = 7;
-    pub const SET_VRING_NUM: u32 = 8;
-    pub const SET_VRING_ADDR: u32 = 9;
-    pub const SET_VRING_BASE: u32 = 10;
-    pub const GET_VRING_BASE: u32 = 11;
-    pub const SET_VRING_KICK: u32 = 12;
-    pub const SET_VRING_CALL: u32 = 13;
-    pub const SET_VRING_ERR: u32 = 14;
-    pub const GET_PROTOCOL_FEATURES: u32 = 15;
-    pub const SET_PROTOCOL_FEATURES: u32 = 16;
-    pub const GET_QUEUE_NUM: u32 = 17;
-    pub const SET_VRING_ENABLE: u32 = 18;
-    pub const SEND_RARP: u32 = 19;
-    pub const NET_SET_MTU: u32 = 20;
-    pub const SET_BACKEND_REQ_FD: u32 = 21;
-    pub const IOTLB_MSG: u32 = 22;
-    pub const SET_VRING_ENDIAN: u32 = 23;
-    pub const GET_CONFIG: u32 = 24;
-    pub const SET_CONFIG: u32 = 25;
-    pub const RESET_DEVICE: u32 = 34;
-    pub const GET_MAX_MEM_SLOTS: u32 = 36;
-    pub const SET_STATUS: u32 = 39;
-    pub const GET_STATUS: u32 = 40;
-}
+/// The protocol features every VF offers.
+pub const OFFERED_PROTOCOL_FEATURES: u64 = {
+    use protocol_features::*;
+    MQ | REPLY_ACK | NET_MTU | BACKEND_REQ | CONFIG | RESET_DEVICE | STATUS
+};
 
 /// A message header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,14 +28,14 @@ pub struct Header {
 
 impl Header {
     /// Parses and checks a header: version 1, no reply flag, body size
-    /// within [`MAX_BODY`]. A bad header means the stream cannot be trusted.
-    pub fn parse(b: &[u8; HDR_LEN]) -> Result<Header, ParseError> {
+    /// within [`MAX_PAYLOAD`]. A bad header means the stream cannot be trusted.
+    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Header, ParseError> {
         let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         let h = Header { request: word(0), flags: word(4), size: word(8) };
-        if h.flags & 0x3 != VERSION || h.flags & FLAG_REPLY != 0 {
+        if h.flags & flags::VERSION_MASK != flags::VERSION || h.flags & flags::REPLY != 0 {
             return Err(ParseError::Flags(h.flags));
         }
-        if h.size as usize > MAX_BODY {
+        if h.size as usize > MAX_PAYLOAD {
             return Err(ParseError::TooLarge(h.size));
         }
         Ok(h)
@@ -103,14 +43,14 @@ impl Header {
 
     /// The front end asked for an ack.
     pub fn need_reply(&self) -> bool {
-        self.flags & FLAG_NEED_REPLY != 0
+        self.flags & flags::NEED_REPLY != 0
     }
 
     /// Encodes a reply header for `request` with `size` bytes of body.
-    pub fn reply(request: u32, size: usize) -> [u8; HDR_LEN] {
-        let mut out = [0u8; HDR_LEN];
+    pub fn reply(request: u32, size: usize) -> [u8; HEADER_SIZE] {
+        let mut out = [0u8; HEADER_SIZE];
         out[..4].copy_from_slice(&request.to_le_bytes());
-        out[4..8].copy_from_slice(&(VERSION | FLAG_REPLY).to_le_bytes());
+        out[4..8].copy_from_slice(&(flags::VERSION | flags::REPLY).to_le_bytes());
         out[8..].copy_from_slice(&(size as u32).to_le_bytes());
         out
     }
@@ -196,7 +136,7 @@ pub enum ParseError {
     /// Wrong version or a reply flag on a request.
     #[error("Bad header flags {0:#x}")]
     Flags(u32),
-    /// Body larger than [`MAX_BODY`].
+    /// Body larger than [`MAX_PAYLOAD`].
     #[error("Body of {0} bytes is too large")]
     TooLarge(u32),
     /// An unknown request code.
@@ -225,7 +165,7 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
 
 /// Parses the body of a request whose header passed [`Header::parse`].
 pub fn parse(h: &Header, body: &[u8]) -> Result<Request, ParseError> {
-    use code::*;
+    use request::*;
     let size_is =
         |n: usize| if body.len() == n { Ok(()) } else { Err(ParseError::Size { request: h.request, got: body.len() }) };
     let size_min =
@@ -289,10 +229,10 @@ pub fn parse(h: &Header, body: &[u8]) -> Result<Request, ParseError> {
         SET_VRING_KICK | SET_VRING_CALL | SET_VRING_ERR => {
             size_is(8)?;
             let v = u64_at(body, 0);
-            if v & !(0xff | VRING_NOFD) != 0 {
+            if v & !(0xff | VRING_NOFD_MASK) != 0 {
                 return Err(ParseError::Value(h.request));
             }
-            let (index, has_fd) = ((v & 0xff) as u32, v & VRING_NOFD == 0);
+            let (index, has_fd) = ((v & 0xff) as u32, v & VRING_NOFD_MASK == 0);
             match h.request {
                 SET_VRING_KICK => Request::SetVringKick { index, has_fd },
                 SET_VRING_CALL => Request::SetVringCall { index, has_fd },
@@ -337,21 +277,21 @@ mod tests {
     use super::*;
 
     fn hdr(request: u32, size: usize) -> Header {
-        Header { request, flags: VERSION, size: size as u32 }
+        Header { request, flags: flags::VERSION, size: size as u32 }
     }
 
     #[test]
     fn header_checks() {
-        let mut b = [0u8; HDR_LEN];
+        let mut b = [0u8; HEADER_SIZE];
         b[0] = 1;
         b[4] = 1;
         assert!(Header::parse(&b).is_ok());
         b[4] = 2;
         assert_eq!(Header::parse(&b), Err(ParseError::Flags(2)));
-        b[4] = 1 | FLAG_REPLY as u8;
+        b[4] = 1 | flags::REPLY as u8;
         assert!(Header::parse(&b).is_err());
         b[4] = 1;
-        b[8..].copy_from_slice(&(MAX_BODY as u32 + 1).to_le_bytes());
+        b[8..].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         assert!(matches!(Header::parse(&b), Err(ParseError::TooLarge(_))));
     }
 
@@ -361,32 +301,32 @@ mod tests {
         body[0] = 1;
         body[8..16].copy_from_slice(&0x1000u64.to_le_bytes());
         body[16..24].copy_from_slice(&0x2000u64.to_le_bytes());
-        let r = parse(&hdr(code::SET_MEM_TABLE, body.len()), &body).unwrap();
+        let r = parse(&hdr(request::SET_MEM_TABLE, body.len()), &body).unwrap();
         let Request::SetMemTable(regions) = &r else { panic!() };
         assert_eq!(regions[0].guest_phys_addr, 0x1000);
         assert_eq!(regions[0].memory_size, 0x2000);
         assert_eq!(r.fds_expected(), 1);
         // Region count lies about the body.
         body[0] = 2;
-        assert!(parse(&hdr(code::SET_MEM_TABLE, body.len()), &body).is_err());
+        assert!(parse(&hdr(request::SET_MEM_TABLE, body.len()), &body).is_err());
         body[0] = 9;
-        assert_eq!(parse(&hdr(code::SET_MEM_TABLE, body.len()), &body), Err(ParseError::Value(5)));
+        assert_eq!(parse(&hdr(request::SET_MEM_TABLE, body.len()), &body), Err(ParseError::Value(5)));
     }
 
     #[test]
     fn kick_nofd_and_garbage_bits() {
-        let b = (3u64 | VRING_NOFD).to_le_bytes();
-        assert_eq!(parse(&hdr(code::SET_VRING_KICK, 8), &b), Ok(Request::SetVringKick { index: 3, has_fd: false }));
+        let b = (3u64 | VRING_NOFD_MASK).to_le_bytes();
+        assert_eq!(parse(&hdr(request::SET_VRING_KICK, 8), &b), Ok(Request::SetVringKick { index: 3, has_fd: false }));
         let b = (1u64 << 40).to_le_bytes();
-        assert!(parse(&hdr(code::SET_VRING_CALL, 8), &b).is_err());
+        assert!(parse(&hdr(request::SET_VRING_CALL, 8), &b).is_err());
     }
 
     #[test]
     fn unknown_and_short_bodies() {
         assert_eq!(parse(&hdr(999, 0), &[]), Err(ParseError::Unknown(999)));
-        assert!(parse(&hdr(code::SET_FEATURES, 4), &[0; 4]).is_err());
-        assert!(parse(&hdr(code::SET_VRING_ADDR, 39), &[0; 39]).is_err());
-        assert!(parse(&hdr(code::GET_CONFIG, 12), &[0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse(&hdr(request::SET_FEATURES, 4), &[0; 4]).is_err());
+        assert!(parse(&hdr(request::SET_VRING_ADDR, 39), &[0; 39]).is_err());
+        assert!(parse(&hdr(request::GET_CONFIG, 12), &[0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 
     proptest::proptest! {

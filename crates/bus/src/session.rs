@@ -28,7 +28,9 @@ use vfnic_op::mailbox::BackendChannel;
 use vfnic_op::{Doorbell, Function};
 use vfnic_types::ErrorKind;
 
-use crate::message::{self, proto, Header, ParseError, Request, HDR_LEN, MAX_BODY};
+use crate::message::{
+    self, protocol_features, Header, ParseError, Request, HEADER_SIZE, MAX_PAYLOAD, OFFERED_PROTOCOL_FEATURES,
+};
 use crate::sys;
 
 /// How long the rest of a message may take once its first byte arrived.
@@ -145,13 +147,13 @@ impl Session {
     /// byte, however the peer trickles it.
     fn read_message(&mut self) -> Result<Option<Message>, FrameError> {
         let deadline = Instant::now() + MESSAGE_DEADLINE;
-        let mut hdr = [0u8; HDR_LEN];
+        let mut hdr = [0u8; HEADER_SIZE];
         let mut fds = Vec::new();
         let got = self.read_exact_fds(&mut hdr, &mut fds, deadline)?;
         if got == 0 {
             return Ok(None);
         }
-        if got < HDR_LEN {
+        if got < HEADER_SIZE {
             return Err(FrameError::Deadline);
         }
         let h = Header::parse(&hdr)?;
@@ -242,8 +244,8 @@ impl Session {
     }
 
     fn reply(&mut self, request: u32, body: &[u8]) -> Result<(), SessionEnd> {
-        debug_assert!(body.len() <= MAX_BODY);
-        let mut msg = Vec::with_capacity(HDR_LEN + body.len());
+        debug_assert!(body.len() <= MAX_PAYLOAD);
+        let mut msg = Vec::with_capacity(HEADER_SIZE + body.len());
         msg.extend_from_slice(&Header::reply(request, body.len()));
         msg.extend_from_slice(body);
         self.stream.write_all(&msg).map_err(|e| SessionEnd::Framing(FrameError::Io(e)))
@@ -364,12 +366,12 @@ impl Session {
                 vr.lock().err = err;
                 Ok(None)
             }
-            Request::GetProtocolFeatures => u64_reply(proto::OFFERED),
+            Request::GetProtocolFeatures => u64_reply(OFFERED_PROTOCOL_FEATURES),
             Request::SetProtocolFeatures(v) => {
-                if v & !proto::OFFERED != 0 {
+                if v & !OFFERED_PROTOCOL_FEATURES != 0 {
                     return Err(refuse(
                         ErrorKind::MsgRefused,
-                        format!("protocol features {:#x} were not offered", v & !proto::OFFERED),
+                        format!("protocol features {:#x} were not offered", v & !OFFERED_PROTOCOL_FEATURES),
                     ));
                 }
                 self.acked_protocol = v;
@@ -396,7 +398,7 @@ impl Session {
                 // function so the control plane reaches it; forgotten when
                 // the tenant disconnects.
                 let fd = fds.pop().expect("fd count checked by dispatch");
-                let need_reply = self.acked_protocol & proto::REPLY_ACK != 0;
+                let need_reply = self.acked_protocol & protocol_features::REPLY_ACK != 0;
                 let channel = BackendChannel::new(UnixStream::from(fd), need_reply)
                     .map_err(|e| refuse(ErrorKind::MsgRefused, format!("bad backend request fd: {e}")))?;
                 f.set_backend_channel(Some(channel));

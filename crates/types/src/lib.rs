@@ -8,6 +8,8 @@
 mod counters;
 mod mac;
 
+pub mod vhost_user;
+
 pub use counters::{Counter, DropReason, ErrorKind, VfCounters, VfCountersSnapshot};
 pub use mac::{MacAddr, ParseMacError};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::proto::{
     self, flags, protocol_features, request, ConfigPayload, Header, MemRegion, VringAddr, VringState, HEADER_SIZE,
-    MAX_REPLY_PAYLOAD,
+    MAX_PAYLOAD,
 };
 use crate::{sys, Error, Result};
 
@@ -110,7 +110,7 @@ impl Conn {
     ///
     /// # Errors
     /// `Timeout`, `Disconnected` (EOF), `Recv`, or `BadReply` if the header announces a
-    /// payload larger than [`MAX_REPLY_PAYLOAD`].
+    /// payload larger than [`MAX_PAYLOAD`].
     pub fn recv_reply(&mut self, timeout: Duration) -> Result<Reply> {
         let deadline = Instant::now() + timeout;
         let mut fds = Vec::new();
@@ -118,7 +118,7 @@ impl Conn {
         self.recv_exact(&mut hdr, &mut fds, deadline)?;
         let header = Header::decode(&hdr);
         let size = header.size as usize;
-        if size > MAX_REPLY_PAYLOAD {
+        if size > MAX_PAYLOAD {
             return Err(Error::BadReply(format!("payload size {size} for request {}", header.request)));
         }
         let mut payload = vec![0u8; size];

@@ -369,11 +369,10 @@ pub fn deliver_group_to<'f>(
         dest.counters.drop_frames(DropReason::RxBadDescriptor, frames.count() as u64);
         fault_queue(dest, &mut s, kind, rx.index);
     }
-    dest.counters.rx_packets.add(packets);
-    dest.counters.rx_bytes.add(bytes);
+    // Under the RX queue's lock (`s`): its only writer now.
     let qc = dest.queue_counters(rx.index / 2);
-    qc.rx_packets.add(packets);
-    qc.rx_bytes.add(bytes);
+    qc.rx_packets.add_exclusive(packets);
+    qc.rx_bytes.add_exclusive(bytes);
     packets
 }
 

@@ -680,11 +680,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
 
     // 4. Complete the TX chains (length 0: the device writes nothing into
     // TX buffers), in order: one publish, at most one interrupt.
-    f.counters.tx_packets.add(tx_packets);
-    f.counters.tx_bytes.add(tx_bytes);
     let qc = f.queue_counters(qp);
-    qc.tx_packets.add(tx_packets);
-    qc.tx_bytes.add(tx_bytes);
+    qc.tx_packets.add_exclusive(tx_packets);
+    qc.tx_bytes.add_exclusive(tx_bytes);
     for chain in &scratch.tx[..n] {
         ring.complete(chain, 0);
     }

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use vfnic_qos::Share;
-use vfnic_types::{Counter, LinkState, MacAddr, VfCounters, VfId};
+pub use vfnic_types::QueueCounters;
+use vfnic_types::{Counter, LinkState, MacAddr, VfCounters, VfCountersSnapshot, VfId};
 
 use crate::mailbox::{self, BackendChannel, Effect, MailboxHandler, NotifyError};
 use crate::vring::Vring;
@@ -116,19 +117,6 @@ pub struct Policy {
     pub weight: u32,
     /// Receive capacity, Mbit/s (0 = none but the tenant's own pace).
     pub speed: u32,
-}
-
-/// Traffic of one queue pair.
-#[derive(Debug, Default)]
-pub struct QueueCounters {
-    /// Frames delivered on this pair's RX queue.
-    pub rx_packets: vfnic_types::Counter,
-    /// Bytes delivered on it.
-    pub rx_bytes: vfnic_types::Counter,
-    /// Frames taken from this pair's TX queue.
-    pub tx_packets: vfnic_types::Counter,
-    /// Bytes taken from it.
-    pub tx_bytes: vfnic_types::Counter,
 }
 
 impl Policy {
@@ -339,6 +327,11 @@ impl Function {
     /// Traffic counters of queue pair `qp`.
     pub fn queue_counters(&self, qp: u16) -> &QueueCounters {
         &self.queue_counters[qp as usize]
+    }
+
+    /// Its counters, traffic summed over its queue pairs.
+    pub fn snapshot(&self) -> VfCountersSnapshot {
+        self.counters.snapshot(&self.queue_counters)
     }
 
     /// virtio-net features this function offers: multiqueue only when it

@@ -669,7 +669,7 @@ impl Pf {
                     connected: f.connected(),
                     link: s.link,
                     mailbox_granted: f.mailbox_granted.get(),
-                    counters: f.counters.snapshot(),
+                    counters: f.snapshot(),
                     queues: (0..f.queue_pairs())
                         .map(|qp| {
                             let c = f.queue_counters(qp);

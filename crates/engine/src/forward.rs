@@ -219,6 +219,8 @@ pub struct Scratch {
     wire: Vec<u8>,
     /// Software segmentation for receivers without GSO.
     segmenter: Segmenter,
+    /// Copies of the functions' policies.
+    policies: vfnic_op::PolicyCache,
     /// RSS hashes of the burst's frames, computed on demand.
     hashes: Vec<Option<u32>>,
     rx: RxScratch,
@@ -234,6 +236,7 @@ impl Default for Scratch {
             wire: Vec::with_capacity(64 * 1024),
             segmenter: Segmenter::new(),
             hashes: Vec::with_capacity(BURST),
+            policies: vfnic_op::PolicyCache::default(),
             rx: RxScratch::default(),
         }
     }
@@ -264,7 +267,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     if !s.ready() || !s.ring.as_ref().is_some_and(|r| r.any_pending().unwrap_or(true)) {
         return 0;
     }
-    let pol = f.policy();
+    let pol = scratch.policies.get(f);
     // Transmit QoS: the shaper may hold the queue; the pass sets a budget.
     let now_ns = fabric.now_ns();
     s.qos.configure(pol.max_tx_rate, pol.min_tx_rate, now_ns);
@@ -449,9 +452,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let Some(d) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
         let slot = match rooms.iter().position(|r| r.0 == p) {
             Some(k) => Some(k),
-            None => {
-                rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| rooms[k] = (p, rx_room(d), d.policy().speed))
-            }
+            None => rooms
+                .iter()
+                .position(|r| r.0 == u16::MAX)
+                .inspect(|&k| rooms[k] = (p, rx_room(d), scratch.policies.get(d).speed)),
         };
         // The receiver's arbiter, locked once for a run of frames to it; one
         // receiver lock at a time (engines lock receivers in no set order).
@@ -562,7 +566,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 any_unicast = true;
                 if !scratch.ports.iter().any(|(q, _)| *q == p) {
                     if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
-                        scratch.ports.push((p, d.policy()));
+                        scratch.ports.push((p, scratch.policies.get(d)));
                     } else {
                         f.counters.drop_frames(DropReason::RxNotReady, 1);
                     }
@@ -577,7 +581,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             if scratch.ports.iter().any(|(q, _)| *q == d.id.0) {
                 continue;
             }
-            let p = d.policy();
+            let p = scratch.policies.get(d);
             if any_flood || p.promisc {
                 scratch.ports.push((d.id.0, p));
             }

@@ -138,6 +138,43 @@ impl Policy {
     }
 }
 
+/// Source of policy versions: unique across all functions, so a cached copy
+/// is never mistaken for another function's.
+fn next_policy_version() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An engine's copies of functions' policies (indexed by VF), refreshed
+/// when a function's settings change. Reading a policy through it costs one
+/// plain atomic load instead of an `ArcSwap` guard (locked instructions
+/// that would wait for the engine's stores to guest memory to drain).
+#[derive(Debug, Default)]
+pub struct PolicyCache {
+    slots: Vec<Option<(u64, Policy)>>,
+}
+
+impl PolicyCache {
+    /// `f`'s current policy.
+    #[inline]
+    pub fn get(&mut self, f: &Function) -> Policy {
+        // Acquire: the policy stored before this version is visible below.
+        let v = f.policy_version.load(Ordering::Acquire);
+        let i = f.id.0 as usize;
+        if let Some(Some((cv, p))) = self.slots.get(i) {
+            if *cv == v {
+                return *p;
+            }
+        }
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, None);
+        }
+        let p = f.policy();
+        self.slots[i] = Some((v, p));
+        p
+    }
+}
+
 /// Work done on one queue pair's TX queue, for load-based placement.
 #[derive(Debug, Default)]
 pub struct QueueLoad {
@@ -165,6 +202,8 @@ pub struct Function {
     /// The data-path view of the settings, swapped on every change so the
     /// engines read it without a lock.
     policy: arc_swap::ArcSwap<Policy>,
+    /// Version of `policy` (unique across functions; see [`PolicyCache`]).
+    policy_version: AtomicU64,
     /// `min_tx_rate != 0`, for the engines' guarantee turn.
     guarantee: AtomicBool,
     /// Egress arbiter of this function as a receiver.
@@ -206,6 +245,7 @@ impl Function {
             link_up: AtomicBool::new(settings.link.passes_traffic()),
             moderation: AtomicU64::new(((settings.rx_usecs as u64) << 32) | settings.rx_frames as u64),
             policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
+            policy_version: AtomicU64::new(next_policy_version()),
             guarantee: AtomicBool::new(settings.min_tx_rate != 0),
             share: std::sync::Mutex::new(Share::default()),
             tx_held_until_ns: AtomicU64::new(0),
@@ -248,6 +288,7 @@ impl Function {
         self.link_up.store(s.link.passes_traffic(), Ordering::Relaxed);
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
         self.policy.store(std::sync::Arc::new(Policy::of(&s)));
+        self.policy_version.store(next_policy_version(), Ordering::Release);
         self.guarantee.store(s.min_tx_rate != 0, Ordering::Relaxed);
     }
 

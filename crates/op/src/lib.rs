@@ -28,5 +28,7 @@ pub mod mailbox;
 pub mod vring;
 
 pub use fd::Doorbell;
-pub use function::{DataPlaneHooks, Function, FunctionSettings, NoHooks, Policy, QueueCounters, QueueLoad};
+pub use function::{
+    DataPlaneHooks, Function, FunctionSettings, NoHooks, Policy, PolicyCache, QueueCounters, QueueLoad,
+};
 pub use vring::{Vring, VringState};

@@ -237,7 +237,7 @@ pub fn uplink_list(v: &Value) -> String {
 pub fn uplink_show(v: &Value) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "uplink {}", s(&v["name"]));
-    for key in ["kind", "port", "mtu", "inner_mtu"] {
+    for key in ["kind", "port", "mtu", "inner_mtu", "speed"] {
         let _ = writeln!(o, "  {key:<12} {}", s(&v[key]));
     }
     if let Some(d) = v["detail"].as_object() {

@@ -135,6 +135,63 @@ fn frames_from_vfs_leave_through_vxlan() {
     s.d.wait_for("the uplink to count both frames", 5, || counter(&s.d, "tx_packets") == 2);
 }
 
+/// An uplink with a line rate is a destination like a VF: two VFs that
+/// flood it share its line by weight (1:3), frames held back in their
+/// rings, not dropped.
+#[test]
+fn an_uplinks_line_is_shared_by_weight() {
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // 40 Mbit/s = 5000 frames/s of 1000 bytes.
+    let d = Daemon::start(&format!(
+        "num_vfs = 2\nengines = 1\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 3\n\
+         [[uplink]]\nname = \"up0\"\nkind = \"vxlan\"\nvni = {VNI}\nlocal = \"127.0.0.1:{port}\"\n\
+         remotes = [\"{}\"]\nspeed = 40\n",
+        peer.local_addr().unwrap()
+    ));
+    assert_eq!(uplink(&d)["speed"], 40);
+    let up: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let remote_mac = [0x02, 0xee, 0, 0, 0, 7];
+    peer.send_to(&vxlan(VNI, &eth([0xff; 6], remote_mac, 64, 1)), up).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let floods: Vec<_> = (0..2u16)
+        .map(|v| {
+            let mut tx = VirtioNet::connect(d.sock(v), Options::default()).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let f = eth(remote_mac, vf_mac(v), 1000, v as u8);
+                let burst: Vec<&[u8]> = (0..32).map(|_| f.as_slice()).collect();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = tx.send_burst(&burst);
+                }
+            })
+        })
+        .collect();
+    // The remote drains what the uplink sends.
+    let drain_stop = stop.clone();
+    let drain = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !drain_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = peer.recv_from(&mut buf);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let b0 = [d.counter(0, &["tx_bytes"]), d.counter(1, &["tx_bytes"])];
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let b1 = [d.counter(0, &["tx_bytes"]), d.counter(1, &["tx_bytes"])];
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    floods.into_iter().for_each(|t| t.join().unwrap());
+    drain.join().unwrap();
+    let got = [b1[0] - b0[0], b1[1] - b0[1]];
+    let mbps = (got[0] + got[1]) as f64 * 8.0 / secs / 1e6;
+    assert!((mbps - 40.0).abs() < 4.0, "the uplink carried {mbps:.1} Mbit/s, speed 40: {got:?}");
+    let share = got[0] as f64 / (got[0] + got[1]) as f64;
+    assert!((share - 0.25).abs() < 0.02, "VF0 (weight 1 of 4) got {share:.3} of the line: {got:?}");
+}
+
 // ------------------------------------------------- ARP + ICMP from a VF
 
 fn ip4(s: &str) -> [u8; 4] {

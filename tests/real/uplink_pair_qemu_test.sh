@@ -29,11 +29,13 @@
 #   * VFs agree with their guests: the VF's tx_packets == the guest's
 #     virtio tx_queue_0_packets and rx_packets == rx_queue_0_packets
 #     (the guest counts last, just before powering off: up to SLACK frames
-#     still in flight then), VF rx_dropped at most SLACK (a full ring
-#     under the stream; counted, and in the uplink's sum above); and the bytes the VFs carried
+#     still in flight then), VF rx_dropped at most DROP_PCT % of the frames
+#     it delivered (the wire has no backpressure: a TCG guest descheduled
+#     under the stream leaves its ring full and frames are dropped, counted,
+#     in the uplink's sum above, and TCP resends them); and the bytes the VFs carried
 #     cover what iperf3 moved.
 #
-# Env: IPERF_BYTES=8M MAX_UNCOUNTED=4M PINGS=20 SLACK=8 plus lib.sh's.
+# Env: IPERF_BYTES=8M MAX_UNCOUNTED=4M PINGS=20 SLACK=8 DROP_PCT=20 plus lib.sh's.
 # shellcheck disable=SC2034,SC2154 # counters are set by name (printf -v, uplink_counters)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -43,6 +45,7 @@ IPERF_BYTES=${IPERF_BYTES:-8M}
 MAX_UNCOUNTED=${MAX_UNCOUNTED:-4M}
 PINGS=${PINGS:-20}
 SLACK=${SLACK:-8}
+DROP_PCT=${DROP_PCT:-20}
 
 uplink_init uplink_pair_qemu
 [ -x "$VFNIC" ] || fail "vfnic binary not found at $VFNIC (cargo build --release)"
@@ -173,7 +176,7 @@ for h in a b; do
         fail "host $h: the VF took $vtx frames, guest $h counted $g_tx sent"
     [ "$vrx" -ge "$g_rx" ] && [ "$vrx" -le $((g_rx + SLACK)) ] ||
         fail "host $h: the VF delivered $vrx frames, guest $h counted $g_rx received"
-    [ "$vdrop" -le "$SLACK" ] || fail "host $h: VF rx_dropped $vdrop"
+    [ $((vdrop * 100)) -le $((vrx * DROP_PCT)) ] || fail "host $h: VF rx_dropped $vdrop against $vrx delivered (over $DROP_PCT %)"
 done
 [ "$b_vf_tx_bytes" -ge "$b_to_a" ] && [ "$a_vf_rx_bytes" -ge "$b_to_a" ] ||
     fail "B -> A: VF bytes (B tx $b_vf_tx_bytes, A rx $a_vf_rx_bytes) below the $b_to_a iperf3 moved"

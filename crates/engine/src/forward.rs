@@ -198,6 +198,22 @@ fn rx_room(d: &Function) -> u16 {
     }
 }
 
+/// A unicast destination's side of the egress arbitration.
+#[derive(Clone, Copy)]
+enum Receiver<'a> {
+    Vf(&'a Arc<Function>),
+    Uplink(&'a crate::uplink::Uplink),
+}
+
+impl<'a> Receiver<'a> {
+    fn share(self) -> std::sync::MutexGuard<'a, vfnic_qos::Share> {
+        match self {
+            Receiver::Vf(d) => d.share(),
+            Receiver::Uplink(u) => u.share(),
+        }
+    }
+}
+
 /// Where one frame of the burst goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dest {
@@ -439,9 +455,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut cut = n;
     let mut blocked = false;
     // (receiver, RX buffers it has posted, its link speed), per receiver
-    // of the burst.
+    // of the burst; an uplink has no buffers to count, only its line rate.
     let mut rooms: [(u16, u16, u32); 8] = [(u16::MAX, 0, 0); 8];
     let ports = fabric.ports();
+    let uplinks = std::cell::OnceCell::new();
     let held = |vf: u16| ports.get(vf as usize).and_then(Option::as_ref).is_some_and(|p| p.tx_held(now_ns));
     let mut run: Option<(u16, std::sync::MutexGuard<'_, vfnic_qos::Share>)> = None;
     for (i, m) in scratch.dest.iter().enumerate() {
@@ -449,19 +466,32 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         if m.drop.is_some() {
             continue;
         }
-        let Some(d) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
+        let dst = if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) {
+            let ups = uplinks.get_or_init(|| fabric.uplinks());
+            match ups.iter().find(|u| u.id.0 == p) {
+                Some(u) => Receiver::Uplink(u),
+                None => continue,
+            }
+        } else {
+            match ports.get(p as usize).and_then(Option::as_ref) {
+                Some(d) => Receiver::Vf(d),
+                None => continue,
+            }
+        };
         let slot = match rooms.iter().position(|r| r.0 == p) {
             Some(k) => Some(k),
-            None => rooms
-                .iter()
-                .position(|r| r.0 == u16::MAX)
-                .inspect(|&k| rooms[k] = (p, rx_room(d), scratch.policies.get(d).speed)),
+            None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| {
+                rooms[k] = match dst {
+                    Receiver::Vf(d) => (p, rx_room(d), scratch.policies.get(d).speed),
+                    Receiver::Uplink(u) => (p, u16::MAX, u.speed),
+                }
+            }),
         };
         // The receiver's arbiter, locked once for a run of frames to it; one
         // receiver lock at a time (engines lock receivers in no set order).
         if run.as_ref().is_none_or(|r| r.0 != p) {
             drop(run.take());
-            run = Some((p, d.share()));
+            run = Some((p, dst.share()));
         }
         let share = &mut run.as_mut().expect("locked just above").1;
         if slot.is_some_and(|k| rooms[k].1 == 0) {
@@ -507,6 +537,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX) {
             if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
                 d.share().idle(f.id.0);
+            } else if let Some(u) = uplinks.get().and_then(|ups| ups.iter().find(|u| u.id.0 == p)) {
+                u.share().idle(f.id.0);
             }
         }
     }

@@ -63,9 +63,19 @@ pub struct Uplink {
     pub port: Arc<dyn Port>,
     /// The wire's L3 MTU (for VXLAN, the underlay's).
     pub mtu: u16,
+    /// Line rate in Mbit/s (0 = as fast as the wire takes).
+    pub speed: u32,
+    /// Egress arbiter: the VFs sending out of this uplink share its line
+    /// rate by weight and guarantee (`forward.rs` step 2b).
+    share: std::sync::Mutex<vfnic_qos::Share>,
 }
 
 impl Uplink {
+    /// The egress arbiter of its line.
+    pub fn share(&self) -> std::sync::MutexGuard<'_, vfnic_qos::Share> {
+        self.share.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Its counters.
     pub fn counters(&self) -> &PortCounters {
         self.port.counters()
@@ -84,6 +94,7 @@ impl Uplink {
             port: self.id.0,
             mtu: self.mtu,
             inner_mtu: self.inner_mtu(),
+            speed: self.speed,
             counters: self.counters().snapshot(),
             detail: self.port.info(),
         }
@@ -103,6 +114,8 @@ pub struct UplinkInfo {
     pub mtu: u16,
     /// L3 MTU left to tenant frames (after encapsulation).
     pub inner_mtu: u16,
+    /// Line rate, Mbit/s (0 = the wire's pace).
+    pub speed: u32,
     /// Counters by name.
     pub counters: BTreeMap<&'static str, u64>,
     /// Kind-specific state (VXLAN: VNI, local address, remotes and links).
@@ -143,7 +156,13 @@ pub enum UplinkError {
 /// `UPLINK_PORT_BASE + index` and starts its pump thread.
 pub fn start(fabric: &Arc<Fabric>, index: u16, spec: &PortSpec) -> Result<UplinkHandle, UplinkError> {
     let port = vfnic_port::open(spec, Arc::default()).map_err(UplinkError::Open)?;
-    let uplink = Arc::new(Uplink { id: PortId(UPLINK_PORT_BASE + index), port, mtu: spec.mtu });
+    let uplink = Arc::new(Uplink {
+        id: PortId(UPLINK_PORT_BASE + index),
+        port,
+        mtu: spec.mtu,
+        speed: spec.speed,
+        share: Default::default(),
+    });
     fabric.add_uplink(uplink.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let (f, u, s) = (fabric.clone(), uplink.clone(), stop.clone());
@@ -514,6 +533,7 @@ mod tests {
             kind: PortKind::Vxlan,
             ifname: None,
             mtu,
+            speed: 0,
             vxlan: Some(VxlanConfig {
                 vni: 5,
                 local: "127.0.0.1:0".parse().unwrap(),

@@ -14,6 +14,8 @@
 //! probe_interval_ms = 100    # keepalives to ring neighbours
 //! probe_misses = 3           # silent intervals before a link is down
 //! mtu = 1500                 # the wire's (underlay's) L3 MTU
+//! speed = 10000              # line rate, Mbit/s: the VFs sending out of the
+//!                            # uplink share it by weight (0 = the wire's pace)
 //!
 //! [[uplink]]
 //! name = "host"
@@ -62,6 +64,8 @@ pub struct UplinkConfig {
     pub probe_misses: Option<u32>,
     /// Wire MTU.
     pub mtu: Option<u16>,
+    /// Line rate, Mbit/s (0 = as fast as the wire takes).
+    pub speed: Option<u32>,
 }
 
 fn addr(s: &str, port: u16) -> Result<SocketAddr, String> {
@@ -82,6 +86,7 @@ pub fn resolve(u: &UplinkConfig) -> Result<PortSpec, String> {
     if !(576..=9000).contains(&mtu) {
         return Err(format!("uplink {n}: mtu {mtu} is out of range (576 to 9000)"));
     }
+    let speed = u.speed.unwrap_or(0);
     let vx_only = [
         ("vni", u.vni.is_some()),
         ("local", u.local.is_some()),
@@ -100,7 +105,7 @@ pub fn resolve(u: &UplinkConfig) -> Result<PortSpec, String> {
             if i.is_empty() || i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) {
                 return Err(format!("uplink {n}: ifname `{i}` is not an interface name (1 to 15 characters)"));
             }
-            Ok(PortSpec { name: n.clone(), kind: u.kind, ifname: Some(i.to_string()), mtu, vxlan: None })
+            Ok(PortSpec { name: n.clone(), kind: u.kind, ifname: Some(i.to_string()), mtu, speed, vxlan: None })
         }
         PortKind::Vxlan => {
             if u.ifname.is_some() {
@@ -149,6 +154,7 @@ pub fn resolve(u: &UplinkConfig) -> Result<PortSpec, String> {
                 kind: u.kind,
                 ifname: None,
                 mtu,
+                speed,
                 vxlan: Some(VxlanConfig {
                     vni,
                     local,

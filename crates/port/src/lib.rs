@@ -213,6 +213,9 @@ pub struct PortSpec {
     pub ifname: Option<String>,
     /// L3 MTU of the wire (for VXLAN: the underlay's).
     pub mtu: u16,
+    /// Line rate in Mbit/s (0 = as fast as the wire takes): the VFs that
+    /// send out of this port share it by weight and guarantee.
+    pub speed: u32,
     /// VXLAN settings (kind `vxlan` only).
     pub vxlan: Option<vxlan::VxlanConfig>,
 }

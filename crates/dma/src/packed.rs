@@ -302,6 +302,32 @@ impl PackedRing {
         Ok(is_avail(self.flags(self.next_avail), self.avail_wrap) as u16)
     }
 
+    /// How many chains are available, counting at most `max`: walks the
+    /// descriptors' flags from the next position (a chain's descriptors
+    /// with `DESC_F_NEXT` count once), never past the ring's size. Takes
+    /// nothing; a malformed chain is refused later by
+    /// [`PackedRing::pop_chain`].
+    pub fn room_upto(&self, max: u16) -> u16 {
+        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
+        let (mut chains, mut seen) = (0u16, 0u16);
+        while chains < max && seen < self.size {
+            let f = self.flags(slot);
+            if !is_avail(f, wrap) {
+                break;
+            }
+            seen += 1;
+            slot += 1;
+            if slot == self.size {
+                slot = 0;
+                wrap = !wrap;
+            }
+            if f & DESC_F_NEXT == 0 {
+                chains += 1;
+            }
+        }
+        chains
+    }
+
     /// Takes and walks the next available chain into `chain`: consecutive
     /// descriptors (wrapping around the ring) while `DESC_F_NEXT` is set,
     /// or one `DESC_F_INDIRECT` descriptor whose table is walked (only if
@@ -715,6 +741,35 @@ mod tests {
             PackedRing::new(mem.clone(), 8, addrs(), 8 | WRAP_BIT, false).unwrap_err(),
             RingError::AvailIndex(8)
         );
+    }
+
+    #[test]
+    fn room_counts_chains_across_the_wrap() {
+        let mut d = Driver::new(8);
+        let mut r = d.ring(false);
+        assert_eq!(r.room_upto(64), 0);
+        d.offer(0, &[(buf(0), 64, 0)]);
+        d.offer(1, &[(buf(1), 64, 0), (buf(2), 64, 0)]);
+        d.offer(2, &[(buf(3), 64, 0)]);
+        assert_eq!(r.room_upto(64), 3, "a two-descriptor chain counts once");
+        assert_eq!(r.room_upto(2), 2, "bounded by max");
+        // Take and return two, offer more: the count follows across the wrap.
+        let mut c = Chain::default();
+        for _ in 0..2 {
+            let t = r.pop_chain(&mut c, R, false).unwrap().unwrap();
+            r.push_used(t, 0);
+        }
+        r.publish_used();
+        while d.take_used().is_some() {}
+        assert_eq!(r.room_upto(64), 1);
+        d.offer(0, &[(buf(0), 64, 0), (buf(1), 64, 0)]);
+        d.offer(1, &[(buf(2), 64, 0), (buf(4), 64, 0)]);
+        assert_eq!(r.room_upto(64), 3);
+        for n in (0..3).rev() {
+            let t = r.pop_chain(&mut c, R, false).unwrap().unwrap();
+            r.push_used(t, 0);
+            assert_eq!(r.room_upto(64), n);
+        }
     }
 
     #[test]

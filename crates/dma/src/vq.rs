@@ -43,11 +43,12 @@ impl Virtqueue {
         }
     }
 
-    /// Chains known available (split: exact count; packed: 0 or 1).
+    /// Chains available (split: exact count; packed: counted up to 64,
+    /// one burst, by walking the descriptors' flags).
     pub fn room(&self) -> u16 {
         match self {
             Virtqueue::Split(r) => r.pending().unwrap_or(0),
-            Virtqueue::Packed(r) => r.pending().unwrap_or(0),
+            Virtqueue::Packed(r) => r.room_upto(64),
         }
     }
 

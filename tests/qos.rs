@@ -83,6 +83,28 @@ fn slow_drain(mut rx: VirtioNet, gap: Duration, stop: Arc<AtomicBool>, warmup: D
     got
 }
 
+/// VF0..VF2 flood VF3 with 1000-byte frames for `run` while VF3 drains
+/// one frame per `gap`. Returns the frames VF3 got from each source after
+/// a 500 ms warm-up, and VF3's `rx_dropped` read while all still ran (once
+/// the receiver stops draining, frames do drop).
+fn three_flood_one(d: &Daemon, gap: Duration, run: Duration) -> ([u64; 4], u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..3u16)
+        .map(|v| {
+            let (tx, s) = (attach(d, v), stop.clone());
+            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
+        })
+        .collect();
+    let rx = attach(d, 3);
+    let s = stop.clone();
+    let drain = std::thread::spawn(move || slow_drain(rx, gap, s, Duration::from_millis(500)));
+    std::thread::sleep(run);
+    let dropped = d.counter(3, &["rx_dropped"]);
+    stop.store(true, Ordering::Relaxed);
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    (drain.join().unwrap(), dropped)
+}
+
 /// Three senders flood a receiver that drains slower than they send: the
 /// receiver's capacity is shared by weight (1:2:3).
 #[test]
@@ -91,20 +113,7 @@ fn congested_receiver_is_shared_by_weight() {
     let d = Daemon::start(
         "num_vfs = 4\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let senders: Vec<_> = (0..3u16)
-        .map(|v| {
-            let (tx, s) = (attach(&d, v), stop.clone());
-            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
-        })
-        .collect();
-    let rx = attach(&d, 3);
-    let s = stop.clone();
-    let drain = std::thread::spawn(move || slow_drain(rx, Duration::from_micros(100), s, Duration::from_millis(500)));
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    senders.into_iter().for_each(|t| t.join().unwrap());
-    let got = drain.join().unwrap();
+    let (got, _) = three_flood_one(&d, Duration::from_micros(100), Duration::from_secs(3));
     let total: u64 = got[..3].iter().sum();
     assert!(total > 1000, "too few frames: {got:?}");
     for (v, w) in [1.0f64, 2.0, 3.0].iter().enumerate() {
@@ -124,21 +133,7 @@ fn min_tx_rate_is_kept_under_contention() {
     let _one = serial();
     // 32 Mbit/s = 4000 frames/s of 1000 bytes; the receiver takes ~7-10k/s.
     let d = Daemon::start("num_vfs = 4\n[[vf]]\nid = 0\nmin_tx_rate = 32\n");
-    let stop = Arc::new(AtomicBool::new(false));
-    let senders: Vec<_> = (0..3u16)
-        .map(|v| {
-            let (tx, s) = (attach(&d, v), stop.clone());
-            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
-        })
-        .collect();
-    let rx = attach(&d, 3);
-    let s = stop.clone();
-    let warmup = Duration::from_millis(500);
-    let drain = std::thread::spawn(move || slow_drain(rx, Duration::from_micros(100), s, warmup));
-    std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::Relaxed);
-    senders.into_iter().for_each(|t| t.join().unwrap());
-    let got = drain.join().unwrap();
+    let (got, _) = three_flood_one(&d, Duration::from_micros(100), Duration::from_secs(3));
     let secs = 2.5;
     let total: u64 = got[..3].iter().sum();
     let vf0_fps = got[0] as f64 / secs;
@@ -160,23 +155,7 @@ fn link_speed_is_shared_by_weight() {
         "num_vfs = 4\n[[vf]]\nid = 0\nweight = 1\n[[vf]]\nid = 1\nweight = 2\n[[vf]]\nid = 2\nweight = 3\n\
          [[vf]]\nid = 3\nspeed = 40\n",
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let senders: Vec<_> = (0..3u16)
-        .map(|v| {
-            let (tx, s) = (attach(&d, v), stop.clone());
-            std::thread::spawn(move || flood(tx, v, 3, 1000, s))
-        })
-        .collect();
-    let rx = attach(&d, 3);
-    let s = stop.clone();
-    let warmup = Duration::from_millis(500);
-    let drain = std::thread::spawn(move || slow_drain(rx, Duration::ZERO, s, warmup));
-    std::thread::sleep(Duration::from_millis(3500));
-    // While everyone runs (once the receiver stops draining, frames do drop).
-    let dropped = d.counter(3, &["rx_dropped"]);
-    stop.store(true, Ordering::Relaxed);
-    senders.into_iter().for_each(|t| t.join().unwrap());
-    let got = drain.join().unwrap();
+    let (got, dropped) = three_flood_one(&d, Duration::ZERO, Duration::from_millis(3500));
     let total: u64 = got[..3].iter().sum();
     let mbps = total as f64 * 1000.0 * 8.0 / 3.0 / 1e6;
     assert!((mbps - 40.0).abs() < 4.0, "the link carried {mbps:.1} Mbit/s, speed 40: {got:?}");

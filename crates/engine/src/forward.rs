@@ -61,8 +61,9 @@ pub enum Pass {
     Unlimited,
 }
 
-/// DRR credit per unit of weight at a congested receiver (bytes): one
-/// MTU-sized frame.
+/// Bytes per unit of weight: a TX queue's deficit-round-robin credit per
+/// turn of its engine, and how far a sender may run ahead of a congested
+/// receiver's fair order (`qos::Share::admit`). One MTU-sized frame.
 pub const DRR_QUANTUM: u64 = 1536;
 
 /// How long a queue may wait for a full receiver before its frames to it

@@ -136,6 +136,7 @@ pub fn stats(v: &Value) -> String {
                 .collect()
         };
         let mut detail = nonzero(&vf["drops"]);
+        detail.extend(nonzero(&vf["held"]));
         detail.extend(nonzero(&vf["errors"]));
         if !detail.is_empty() {
             let _ = writeln!(o, "vf {}: {}", s(&vf["id"]), detail.join(" "));

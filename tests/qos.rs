@@ -65,6 +65,7 @@ fn max_tx_rate_is_exact() {
     let promised = 8e6 / 8.0;
     assert!((rate - promised).abs() / promised < 0.03, "max_tx_rate 8 Mbit/s: measured {:.3} Mbit/s", rate * 8.0 / 1e6);
     assert_eq!(d.counter(0, &["drops", "tx_dropped_rate_limited"]), 0, "held in the ring, not dropped");
+    assert!(d.counter(0, &["held", "tx_held_rate_limited"]) > 0, "the backpressure is counted");
 }
 
 /// Drains `rx` slowly (one frame per `gap`): a congested receiver. Returns
@@ -172,4 +173,8 @@ fn link_speed_is_shared_by_weight() {
     // drops allowed come from a receiver thread descheduled for over 2 ms
     // on a busy 2-core machine.
     assert!(dropped * 10 <= total, "{dropped} frames dropped against {total} received");
+    for v in 0..3 {
+        let held = d.counter(v, &["held", "tx_held_link_full"]) + d.counter(v, &["held", "tx_held_fair_share"]);
+        assert!(held > 0, "VF{v}: the backpressure is counted");
+    }
 }

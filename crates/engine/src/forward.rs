@@ -10,7 +10,7 @@ use vfnic_dma::{Chain, PopError};
 use vfnic_op::vring::TxQos;
 use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
-use vfnic_types::{DropReason, ErrorKind, MacAddr};
+use vfnic_types::{DropReason, ErrorKind, HoldReason, MacAddr};
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -333,8 +333,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
         scratch.tx[n].prefetch();
         let len = scratch.tx[n].len().saturating_sub(hdr_len);
+        let shaped_until = qos.throttled_until_ns;
         if !admit(qos, pass, &mut budget, len, now_ns) {
             ring.unpop(1);
+            if qos.throttled_until_ns != shaped_until {
+                // Its max_tx_rate holds it (the other refusals end a turn).
+                f.counters.hold_frames(HoldReason::RateLimited, 1);
+            }
             break;
         }
         n += 1;
@@ -455,6 +460,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // link is never a reason to drop: it drains at its speed).
     let mut cut = n;
     let mut blocked = false;
+    let mut hold = HoldReason::FairShare;
     // (receiver, RX buffers it has posted, its link speed), per receiver
     // of the burst; an uplink has no buffers to count, only its line rate.
     let mut rooms: [(u16, u16, u32); 8] = [(u16::MAX, 0, 0); 8];
@@ -505,6 +511,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
             cut = i;
             blocked = true;
+            hold = HoldReason::NoBuffer;
             break;
         }
         share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
@@ -517,6 +524,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
             qos.throttled_until_ns = ready_ns;
             cut = i;
+            hold = HoldReason::LinkFull;
             break;
         }
         if pass == Pass::Guaranteed {
@@ -563,6 +571,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 Pass::Unlimited => {}
             }
             ring.unpop((n - cut) as u16);
+            f.counters.hold_frames(hold, (n - cut) as u64);
             n = cut;
             scratch.dest.truncate(n);
         } else {

@@ -102,6 +102,24 @@ reasons! {
     }
 }
 
+reasons! {
+    /// Why frames a tenant sent were held back in its TX ring to wait
+    /// (backpressure: they are sent later, not dropped). Counted each time
+    /// frames go back to the ring, so a frame that waits several turns
+    /// counts several times.
+    HoldReason {
+        /// Its own max_tx_rate shaper.
+        RateLimited => "tx_held_rate_limited",
+        /// The receiver had no RX buffer posted.
+        NoBuffer => "tx_held_no_buffer",
+        /// The receiver's link (VF or uplink `speed`) was full.
+        LinkFull => "tx_held_link_full",
+        /// Its turn at a congested receiver had not come (fair share by
+        /// weight, or room held for another VF's min_tx_rate guarantee).
+        FairShare => "tx_held_fair_share",
+    }
+}
+
 impl DropReason {
     /// True for reasons counted against frames the tenant sent.
     pub fn is_tx(self) -> bool {
@@ -182,6 +200,7 @@ pub struct VfCounters {
     /// GSO frames delivered whole (passed through unsegmented).
     pub gso_passed: Counter,
     drops: [Counter; DropReason::ALL.len()],
+    held: [Counter; HoldReason::ALL.len()],
     errors: [Counter; ErrorKind::ALL.len()],
 }
 
@@ -190,6 +209,17 @@ impl VfCounters {
     #[inline]
     pub fn drop_frames(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].add(n);
+    }
+
+    /// Counts `n` frames held back in the sender's ring for `reason`.
+    #[inline]
+    pub fn hold_frames(&self, reason: HoldReason, n: u64) {
+        self.held[reason as usize].add(n);
+    }
+
+    /// Frames held back for `reason` so far.
+    pub fn held(&self, reason: HoldReason) -> u64 {
+        self.held[reason as usize].get()
     }
 
     /// Counts one tenant fault of `kind`.
@@ -228,6 +258,8 @@ impl VfCounters {
             csum_completed: self.csum_completed.get(),
             gso_passed: self.gso_passed.get(),
             drops,
+            tx_held: HoldReason::ALL.iter().map(|r| self.held(*r)).sum(),
+            held: HoldReason::ALL.iter().map(|r| (r.as_str(), self.held(*r))).collect(),
             errors: ErrorKind::ALL.iter().map(|k| (k.as_str(), self.errors(*k))).collect(),
         }
     }
@@ -262,6 +294,10 @@ pub struct VfCountersSnapshot {
     pub gso_passed: u64,
     /// Drops by reason.
     pub drops: BTreeMap<&'static str, u64>,
+    /// Sum of the `tx_held_*` reasons (backpressure).
+    pub tx_held: u64,
+    /// Frames held back in the sender's ring, by reason.
+    pub held: BTreeMap<&'static str, u64>,
     /// Tenant faults by kind.
     pub errors: BTreeMap<&'static str, u64>,
 }
@@ -279,6 +315,9 @@ mod tests {
         for k in ErrorKind::ALL {
             c.error(*k);
         }
+        for h in HoldReason::ALL {
+            c.hold_frames(*h, 2);
+        }
         let q = [QueueCounters::default(), QueueCounters::default()];
         q[0].rx_packets.add_exclusive(2);
         q[1].rx_packets.add(3);
@@ -287,6 +326,8 @@ mod tests {
         assert_eq!((s.rx_packets, s.tx_bytes, s.tx_packets), (5, 100, 0));
         assert_eq!(s.tx_dropped + s.rx_dropped, DropReason::ALL.len() as u64);
         assert_eq!(s.errors.values().sum::<u64>(), ErrorKind::ALL.len() as u64);
+        assert_eq!(s.tx_held, 2 * HoldReason::ALL.len() as u64);
+        assert_eq!(s.held["tx_held_link_full"], 2);
         assert_eq!(s.tx_dropped, 9);
     }
 }

@@ -10,7 +10,7 @@ mod mac;
 
 pub mod vhost_user;
 
-pub use counters::{Counter, DropReason, ErrorKind, QueueCounters, VfCounters, VfCountersSnapshot};
+pub use counters::{Counter, DropReason, ErrorKind, HoldReason, QueueCounters, VfCounters, VfCountersSnapshot};
 pub use mac::{MacAddr, ParseMacError};
 
 use serde::{Deserialize, Serialize};

@@ -7,15 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{frame, vf_mac, Daemon};
+use common::{attach, frame, vf_mac, Daemon};
 use serde_json::Value;
 use vfnic_pf::api::Request;
-use vfnic_user::{Options, VirtioNet};
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
+use vfnic_user::VirtioNet;
 
 fn engines_of(d: &Daemon, vf: u16) -> Vec<u64> {
     let v = d.api(Request::VfShow { vf });

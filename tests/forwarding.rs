@@ -5,13 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{frame, vf_mac, Daemon};
-use vfnic_user::{Options, VirtioNet};
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
+use common::{attach, frame, vf_mac, Daemon};
+use vfnic_user::VirtioNet;
 
 #[test]
 fn unicast_between_two_vfs_with_counters() {

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::{frame, vf_mac, Daemon};
+use common::{attach, attach_with, frame, vf_mac, Daemon};
 use serde_json::Value;
 use vfnic_pf::api::Request;
 use vfnic_user::net::DEFAULT_FEATURES;
@@ -54,14 +54,6 @@ impl Healthy {
         self.round = self.round.wrapping_add(1);
         exchange(d, &mut self.a, 2, &mut self.b, 3, self.round, what);
     }
-}
-
-fn attach_with(d: &Daemon, vf: u16, opts: Options) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), opts).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    attach_with(d, vf, Options::default())
 }
 
 /// A daemon with 4 VFs and the healthy pair attached and forwarding.

@@ -7,21 +7,9 @@ mod common;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use common::{frame, vf_mac, Daemon};
+use common::{attach, frame, serial, vf_mac, Daemon};
 use vfnic_pf::api::Request;
 use vfnic_user::{Options, VirtioNet};
-
-/// Timing-related: one at a time (one keeps an engine polling for 2 s).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
 
 fn readable(fd: i32) -> bool {
     // SAFETY: the device owns `fd` and outlives this call.

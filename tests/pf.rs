@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{frame, vf_mac, Daemon};
+use common::{attach, frame, vf_mac, Daemon};
 use serde_json::Value;
 use vfnic_pf::api::Request;
 use vfnic_pf::pf::VfChange;
@@ -17,11 +17,6 @@ use vfnic_user::proto::{backend_request, flags, protocol_features};
 use vfnic_user::{Options, VirtioNet};
 
 const T: Duration = Duration::from_secs(5);
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
 
 /// Runs the CLI against the daemon: (success, stdout, stderr).
 fn cli(d: &Daemon, args: &str) -> (bool, String, String) {

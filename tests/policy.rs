@@ -5,15 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{frame, vf_mac, Daemon};
+use common::{attach, frame, vf_mac, Daemon};
 use vfnic_user::{Options, VirtioNet};
 
 const QUIET: Duration = Duration::from_millis(300);
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
 
 fn drops(d: &Daemon, vf: u16, reason: &str) -> u64 {
     d.counter(vf, &["drops", reason])

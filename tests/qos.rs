@@ -7,20 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{frame, vf_mac, Daemon};
-use vfnic_user::{Options, VirtioNet};
-
-/// These tests measure rates: one at a time, or they measure each other.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn attach(d: &Daemon, vf: u16) -> VirtioNet {
-    VirtioNet::connect(d.sock(vf), Options::default())
-        .unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
-}
+use common::{attach, frame, serial, vf_mac, Daemon};
+use vfnic_user::VirtioNet;
 
 /// Floods `dst` from `tx` until `stop`, never waiting for the receiver.
 fn flood(mut tx: VirtioNet, src: u16, dst: u16, len: usize, stop: Arc<AtomicBool>) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vfnic_pf::api::{self, Request};
+use vfnic_user::{Options, VirtioNet};
 
 /// A running daemon; killed and cleaned up on drop.
 pub struct Daemon {
@@ -129,4 +130,22 @@ pub fn wait_path(p: &Path) {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Attaches the project's own virtio-user front end to VF `vf` with `opts`
+/// (the daemon's log in the panic message if it cannot).
+pub fn attach_with(d: &Daemon, vf: u16, opts: Options) -> VirtioNet {
+    VirtioNet::connect(d.sock(vf), opts).unwrap_or_else(|e| panic!("connect vf{vf}: {e}\n{}", d.log_text()))
+}
+
+/// [`attach_with`] the default options.
+pub fn attach(d: &Daemon, vf: u16) -> VirtioNet {
+    attach_with(d, vf, Options::default())
+}
+
+/// For tests that measure rates or timings: one at a time within a test
+/// binary (they would measure each other).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -540,16 +540,24 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             rooms[k].1 -= 1;
         }
     }
-    drop(run);
     if drained && cut == n {
         // The queue ran dry with all of it admitted: it no longer contends.
-        for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX) {
+        // The receiver still locked first (mostly the only one), then the
+        // others, one at a time.
+        let last = run.as_mut().filter(|(p, _)| rooms.iter().any(|r| r.0 == *p)).map(|(p, share)| {
+            share.idle(f.id.0);
+            *p
+        });
+        drop(run);
+        for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX).filter(|r| Some(r.0) != last) {
             if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
                 d.share().idle(f.id.0);
             } else if let Some(u) = uplinks.get().and_then(|ups| ups.iter().find(|u| u.id.0 == p)) {
                 u.share().idle(f.id.0);
             }
         }
+    } else {
+        drop(run);
     }
     drop(ports);
     if cut < n {

@@ -299,6 +299,28 @@ check_vfs_connected() {
     done
 }
 
+# wait_guests_up: guests A and B (VF0, VF1) have booted; with vfnic, its
+# counters then go to $WORK/stats-mid.json and both VFs must be connected.
+wait_guests_up() {
+    wait_for_log A 'VFNIC-GUEST-UP' 120
+    wait_for_log B 'VFNIC-GUEST-UP' 120
+    say "both guests up"
+    if is_vfnic; then
+        vfnic_stats "$WORK/stats-mid.json"
+        check_vfs_connected "$WORK/stats-mid.json" 0 1
+    fi
+}
+
+# wait_guests_done TOTAL_SECS: B drives the test and powers off at the end
+# (within TOTAL_SECS of the start); A follows once its one-shot iperf3 server
+# is done; the backend must have survived.
+wait_guests_done() {
+    wait_exit B $(($1 - $(elapsed))) || fail "guest B still running after ${1}s"
+    [ "$EXIT_RC" -ne 124 ] || fail "guest B hit its timeout"
+    wait_exit A 30 || fail "guest A did not power off after the test"
+    check_backend_alive "after the guests powered off"
+}
+
 # vf_summary FILE VF: one line of counters for the log.
 vf_summary() {
     jq -r --argjson id "$2" '.vfs[] | select(.id == $id) |

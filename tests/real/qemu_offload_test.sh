@@ -86,18 +86,9 @@ main() {
         "vfnic.ip=$IP_B/24 vfnic.peer=$IP_A vfnic.role=client vfnic.time=$IPERF_TIME" \
         "vfnic.reverse=1 vfnic.ethtool=$B_ETHTOOL $common"
 
-    wait_for_log A 'VFNIC-GUEST-UP' 120
-    wait_for_log B 'VFNIC-GUEST-UP' 120
-    say "both guests up"
-    if is_vfnic; then
-        vfnic_stats "$WORK/stats-mid.json"
-        check_vfs_connected "$WORK/stats-mid.json" 0 1
-    fi
+    wait_guests_up
 
-    wait_exit B $((TOTAL_SECS - $(elapsed))) || fail "guest B still running after ${TOTAL_SECS}s"
-    [ "$EXIT_RC" -ne 124 ] || fail "guest B hit its timeout"
-    wait_exit A 30 || fail "guest A did not power off after the test"
-    check_backend_alive "after the guests powered off"
+    wait_guests_done "$TOTAL_SECS"
     local ca=$WORK/A.console cb=$WORK/B.console
     guest_console A >"$ca"
     guest_console B >"$cb"

@@ -152,20 +152,9 @@ main() {
     start_guest A 0 "vfnic.ip=$IP_A/24 vfnic.role=server $common"
     start_guest B 1 "vfnic.ip=$IP_B/24 vfnic.peer=$IP_A vfnic.role=client vfnic.bytes=$IPERF_BYTES $common"
 
-    wait_for_log A 'VFNIC-GUEST-UP' 120
-    wait_for_log B 'VFNIC-GUEST-UP' 120
-    say "both guests up"
-    if is_vfnic; then
-        vfnic_stats "$WORK/stats-mid.json"
-        check_vfs_connected "$WORK/stats-mid.json" 0 1
-    fi
+    wait_guests_up
 
-    # B drives the test and powers off at the end; A follows once its
-    # one-shot iperf3 server is done.
-    wait_exit B $((TOTAL_SECS - $(elapsed))) || fail "guest B still running after ${TOTAL_SECS}s"
-    [ "$EXIT_RC" -ne 124 ] || fail "guest B hit its timeout"
-    wait_exit A 30 || fail "guest A did not power off after the test"
-    check_backend_alive "after the guests powered off"
+    wait_guests_done "$TOTAL_SECS"
     guest_console A >"$WORK/A.console"
     guest_console B >"$WORK/B.console"
     grep -q '^VFNIC-GUEST-DONE' "$WORK/B.console" || fail "guest B did not reach VFNIC-GUEST-DONE"

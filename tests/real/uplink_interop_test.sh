@@ -45,9 +45,7 @@ uplink_init uplink_interop
 ensure_guest_image
 ns_add a
 ns_add b
-for n in a b; do
-    ip netns exec "$(ns "$n")" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-done
+ns_no_ipv6 a b
 veth_pair a 10.79.0.1 b 10.79.0.2
 # B's veth as a NIC without offloads: the kernel then finishes checksums
 # and segments before the "wire". (With them on, veth hands the encapsulated

@@ -16,6 +16,16 @@ ns_add() {
 
 ns() { echo "${NS_PREFIX}$1"; }
 
+# ns_no_ipv6 NAME...: IPv6 off in these namespaces (so the only traffic on
+# their links is the suite's own IPv4, which the counters can be checked
+# against).
+ns_no_ipv6() {
+    local n
+    for n in "$@"; do
+        ip netns exec "$(ns "$n")" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    done
+}
+
 # Wrap lib.sh's EXIT trap so namespaces go after the processes.
 uplink_init() {
     real_init "$1"

@@ -52,9 +52,7 @@ uplink_init uplink_pair_qemu
 ensure_guest_image
 ns_add a
 ns_add b
-for n in a b; do
-    ip netns exec "$(ns "$n")" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-done
+ns_no_ipv6 a b
 veth_pair a 10.82.0.1 b 10.82.0.2
 
 cfg() { # cfg NUM_VFS LOCAL REMOTE [EXTRA]

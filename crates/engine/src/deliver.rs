@@ -75,89 +75,26 @@ pub struct Frame<'a> {
     pub len: u64,
     /// Tag edit on the way.
     pub tag: TagEdit,
-    /// Offload fields handed to the receiver in its virtio-net header
-    /// (checksum to complete, GSO type and size); the receiver accepted them.
-    pub offload: Offload,
-}
-
-/// The offload part of a virtio-net header (`num_buffers` excluded), as the
-/// receiver gets it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Offload {
-    /// `NEEDS_CSUM` / `DATA_VALID`.
-    pub flags: u8,
-    /// GSO type (ECN bit included).
-    pub gso_type: u8,
-    /// Header length of a GSO frame.
-    pub hdr_len: u16,
-    /// MSS of a GSO frame.
-    pub gso_size: u16,
-    /// Checksum start.
-    pub csum_start: u16,
-    /// Checksum offset from `csum_start`.
-    pub csum_offset: u16,
-}
-
-impl Offload {
-    /// The same, for a frame whose headers moved by `delta` bytes (a tag
-    /// stripped or inserted before the L3 header).
-    pub fn shifted(self, delta: i16) -> Offload {
-        let mv = |v: u16| if v == 0 { 0 } else { v.saturating_add_signed(delta) };
-        Offload { hdr_len: mv(self.hdr_len), csum_start: mv(self.csum_start), ..self }
-    }
-
-    /// The offload fields of a virtio-net header (`flags` kept as given).
-    pub fn of(h: &VirtioNetHdr) -> Offload {
-        Offload {
-            flags: h.flags,
-            gso_type: h.gso_type,
-            hdr_len: h.hdr_len,
-            gso_size: h.gso_size,
-            csum_start: h.csum_start,
-            csum_offset: h.csum_offset,
-        }
-    }
-
-    /// The virtio-net header these fields make (`num_buffers` 0).
-    pub fn to_hdr(self) -> VirtioNetHdr {
-        VirtioNetHdr {
-            flags: self.flags,
-            gso_type: self.gso_type,
-            hdr_len: self.hdr_len,
-            gso_size: self.gso_size,
-            csum_start: self.csum_start,
-            csum_offset: self.csum_offset,
-            num_buffers: 0,
-        }
-    }
-
-    /// True if any offload is requested (a checksum to complete or GSO).
-    pub fn any(self) -> bool {
-        self.flags != 0 || self.gso_type != 0
-    }
-
-    /// Bytes 0..10 of the virtio-net header.
-    fn to_bytes(self) -> [u8; 10] {
-        let mut b = [0u8; 10];
-        b[0] = self.flags;
-        b[1] = self.gso_type;
-        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
-        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
-        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
-        b
-    }
+    /// The virtio-net header handed to the receiver (checksum to complete,
+    /// GSO type and size; the receiver accepted them). Its `num_buffers` is
+    /// set when the frame is written.
+    pub offload: VirtioNetHdr,
 }
 
 impl<'a> Frame<'a> {
     /// A frame from a sender's TX chain, copied as is.
     pub fn from_chain(chain: &'a Chain, offset: u64, len: u64) -> Frame<'a> {
-        Frame { src: Source::Chain { chain, offset }, len, tag: TagEdit::Keep, offload: Offload::default() }
+        Frame { src: Source::Chain { chain, offset }, len, tag: TagEdit::Keep, offload: VirtioNetHdr::default() }
     }
 
     /// A frame from the daemon's own buffer, copied as is.
     pub fn from_bytes(bytes: &'a [u8]) -> Frame<'a> {
-        Frame { src: Source::Bytes(bytes), len: bytes.len() as u64, tag: TagEdit::Keep, offload: Offload::default() }
+        Frame {
+            src: Source::Bytes(bytes),
+            len: bytes.len() as u64,
+            tag: TagEdit::Keep,
+            offload: VirtioNetHdr::default(),
+        }
     }
 
     /// The same frame with a tag edit (offload offsets follow the move).
@@ -172,7 +109,7 @@ impl<'a> Frame<'a> {
 
     /// The same frame handing `offload` to the receiver (set before any
     /// tag edit).
-    pub fn with_offload(self, offload: Offload) -> Frame<'a> {
+    pub fn with_offload(self, offload: VirtioNetHdr) -> Frame<'a> {
         Frame { offload, ..self }
     }
 
@@ -496,9 +433,7 @@ fn fill(
         return Err(Fill::Drop(DropReason::RxBufferTooSmall));
     }
     // virtio_net_hdr: the offloads handed over, num_buffers = buffers used.
-    let mut hdr = [0u8; 12];
-    hdr[..10].copy_from_slice(&frame.offload.to_bytes());
-    hdr[10..12].copy_from_slice(&(taken as u16).to_le_bytes());
+    let hdr = VirtioNetHdr { num_buffers: taken as u16, ..frame.offload }.to_bytes();
     let mut written = [0u32; MAX_MERGE];
     // Fast path: no tag edit, the frame in the sender's first buffer and
     // header plus frame in the receiver's: two straight copies.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
-use crate::deliver::{deliver_group_to, fault_queue, Frame, Offload, RxScratch, TagEdit};
+use crate::deliver::{deliver_group_to, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
 use crate::rss;
 
@@ -44,7 +44,7 @@ struct Meta {
     /// Dropped before the switch, and why.
     drop: Option<DropReason>,
     /// Offloads the sender asked for (checksum to complete, GSO).
-    offload: Offload,
+    offload: VirtioNetHdr,
 }
 
 /// Which turn of the engine's transmit arbitration a visit is.
@@ -136,10 +136,9 @@ fn soft_offload(
     cur.skip(hdr_len);
     cur.gather(wire);
     let o = m.offload;
-    let vh = o.to_hdr();
     if o.gso_type & !features::GSO_ECN != features::GSO_NONE {
         dest.counters.gso_segmented.inc();
-        let r = segmenter.segment(wire, &vh, Some(dest.mtu()), |seg| {
+        let r = segmenter.segment(wire, &o, Some(dest.mtu()), |seg| {
             deliver_group_to(dest, qp, std::iter::once(Frame::from_bytes(seg).with_tag(tag)), rx);
             ControlFlow::Continue(())
         });
@@ -371,8 +370,14 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let mut last_fwd = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
         for chain in &scratch.tx[..n] {
-            let nowhere =
-                Meta { dest: Dest::Nowhere, len: 0, domain: 0, tagged: false, drop: None, offload: Offload::default() };
+            let nowhere = Meta {
+                dest: Dest::Nowhere,
+                len: 0,
+                domain: 0,
+                tagged: false,
+                drop: None,
+                offload: VirtioNetHdr::default(),
+            };
             let len = chain.len().saturating_sub(hdr_len);
             let mut vnet = [0u8; 12];
             let mut eth = [0u8; 16];
@@ -383,7 +388,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
             let vh = VirtioNetHdr::parse(&vnet).expect("12 bytes");
             let flags = vh.flags & features::HDR_F_NEEDS_CSUM;
-            let offload = Offload { flags, ..Offload::of(&vh) };
+            let offload = VirtioNetHdr { flags, num_buffers: 0, ..vh };
             let wants_offload = flags != 0 || vh.gso_type != features::GSO_NONE;
             let gso = vh.gso_type & !features::GSO_ECN != features::GSO_NONE;
             let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
@@ -727,8 +732,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let mut cur = Cursor::new(chain);
             cur.skip(hdr_len);
             cur.gather(&mut scratch.wire);
-            let vh = m.offload.to_hdr();
-            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, m.offload.any().then_some(&vh));
+            crate::uplink::egress_to(fabric, to, pol.vlan, &scratch.wire, m.offload.any().then_some(&m.offload));
         }
     }
 

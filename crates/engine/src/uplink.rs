@@ -36,7 +36,7 @@ use vfnic_port::{OpenError, Port, PortCounters, PortKind, PortSpec, Rx, ETH_HLEN
 use vfnic_switch::{Forward, PortId};
 use vfnic_types::MacAddr;
 
-use crate::deliver::{deliver_group, Frame, Offload, RxScratch, TagEdit};
+use crate::deliver::{deliver_group, Frame, RxScratch, TagEdit};
 use crate::fabric::Fabric;
 
 /// Switch port number of the first uplink; VFs use the numbers below.
@@ -322,7 +322,7 @@ struct PumpScratch {
     rx_scratch: RxScratch,
     gro: Gro,
     /// GRO products: the receiver's virtio-net header fields and the frame.
-    gro_out: Vec<(Offload, Vec<u8>)>,
+    gro_out: Vec<(VirtioNetHdr, Vec<u8>)>,
     gro_used: usize,
 }
 
@@ -500,12 +500,12 @@ fn gro_burst(s: &mut PumpScratch, wanted: &dyn Fn(&Meta) -> bool, c: &PortCounte
     let (gro, out, used) = (&mut s.gro, &mut s.gro_out, &mut s.gro_used);
     let mut push = |h: &VirtioNetHdr, bytes: &[u8]| {
         if out.len() <= *used {
-            out.push((Offload::default(), Vec::new()));
+            out.push((VirtioNetHdr::default(), Vec::new()));
         }
         let (o, b) = &mut out[*used];
         // The merged segment's GSO type/size and checksum state go to the
         // receiver in its header (it negotiated GUEST_TSO and GUEST_CSUM).
-        *o = Offload::of(h);
+        *o = VirtioNetHdr { num_buffers: 0, ..*h };
         b.clear();
         b.extend_from_slice(bytes);
         *used += 1;

@@ -143,6 +143,19 @@ impl VirtioNetHdr {
         b
     }
 
+    /// True if any offload is requested (a checksum to complete or GSO).
+    pub const fn any(&self) -> bool {
+        self.flags != 0 || self.gso_type != 0
+    }
+
+    /// The same, for a frame whose headers moved by `delta` bytes (a VLAN
+    /// tag stripped or inserted before the L3 header): the offsets into the
+    /// frame follow; zero offsets (none given) stay zero.
+    pub fn shifted(self, delta: i16) -> Self {
+        let mv = |v: u16| if v == 0 { 0 } else { v.saturating_add_signed(delta) };
+        VirtioNetHdr { hdr_len: mv(self.hdr_len), csum_start: mv(self.csum_start), ..self }
+    }
+
     /// A non-GSO header asking for the checksum at `csum_start + csum_offset`.
     pub const fn csum(csum_start: u16, csum_offset: u16) -> Self {
         VirtioNetHdr {
@@ -244,6 +257,17 @@ mod tests {
         assert!(h.needs_csum() && !h.data_valid() && h.ecn());
         assert_eq!(h.gso(), Ok(GsoType::TcpV4));
         assert_eq!(h.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn shifted_moves_given_offsets_only() {
+        let h = VirtioNetHdr { hdr_len: 54, csum_start: 34, csum_offset: 16, gso_size: 1448, ..Default::default() };
+        let s = h.shifted(4);
+        assert_eq!((s.hdr_len, s.csum_start, s.csum_offset, s.gso_size), (58, 38, 16, 1448));
+        assert_eq!(s.shifted(-4), h);
+        assert_eq!(VirtioNetHdr::default().shifted(-4), VirtioNetHdr::default(), "zero means not given");
+        assert!(!VirtioNetHdr::default().any());
+        assert!(VirtioNetHdr::csum(34, 16).any());
     }
 
     #[test]

@@ -564,7 +564,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     } else {
         drop(run);
     }
-    drop(ports);
+    // Step 3b takes the uplink table again (egress_to): not while it is held.
+    drop(uplinks);
     if cut < n {
         let since = if blocked { *qos.blocked_since_ns.get_or_insert(now_ns) } else { now_ns };
         if now_ns.saturating_sub(since) < BACKPRESSURE_NS {
@@ -606,8 +607,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // 3. Deliver per destination, in order of first appearance: unicast
     // targets, flood targets, and trusted promiscuous VFs (mirrors), each
     // only within the frame's VLAN. Nothing is delivered from memory the
-    // tenant revoked under us.
-    let ports = fabric.ports();
+    // tenant revoked under us. (`ports` is still the table step 2b read.)
     scratch.ports.clear();
     if ring.mem().revoked() {
         scratch.dest.iter_mut().for_each(|m| m.dest = Dest::Nowhere);

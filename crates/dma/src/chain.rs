@@ -192,6 +192,7 @@ impl Chain {
 
     /// True if the chain's memory table was revoked (a SIGBUS was contained
     /// in it): its bytes may be zeros instead of the tenant's data.
+    #[inline]
     pub fn revoked(&self) -> bool {
         self.mem.as_ref().is_some_and(|m| m.revoked())
     }
@@ -207,8 +208,13 @@ impl Chain {
 
     /// Walks the chain starting at `head` of `ring`. On error the chain is
     /// left empty (its head is still set, so it can be returned with len 0).
+    #[inline]
     pub fn walk(&mut self, ring: &SplitRing, head: u16, access: Access, indirect_ok: bool) -> Result<(), ChainError> {
         self.start(ring.mem(), head, 1);
+        let d = ring.desc(head);
+        if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 && self.single(ring.mem(), d.addr, d.len, d.flags, access) {
+            return Ok(());
+        }
         let r = self.walk_inner(ring, head, access, indirect_ok);
         if r.is_err() {
             self.clear();
@@ -218,6 +224,7 @@ impl Chain {
 
     /// Empties the chain and points it at `mem` (cloning the Arc only when
     /// the memory table changed), ready to take buffers.
+    #[inline]
     pub(crate) fn start(&mut self, mem: &Arc<GuestMemory>, head: u16, ndesc: u16) {
         self.head = head;
         self.ndesc = ndesc;
@@ -226,6 +233,34 @@ impl Chain {
         self.readable = 0;
         if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             self.mem = Some(mem.clone());
+        }
+    }
+
+    /// The common chain of one buffer that lies in one region: takes it as
+    /// the chain's only segment and returns true if it has the permission
+    /// `access` needs and is not empty; anything else (false) is left to
+    /// the general walk, which takes it or says what is wrong. The chain
+    /// must have just been started.
+    #[inline]
+    pub(crate) fn single(&mut self, mem: &GuestMemory, addr: u64, len: u32, flags: u16, access: Access) -> bool {
+        let writable = flags & DESC_F_WRITE != 0;
+        let allowed = match access {
+            Access::DeviceReads => !writable,
+            Access::DeviceWrites => writable,
+            Access::Mixed => false,
+        };
+        if !allowed || len == 0 {
+            return false;
+        }
+        match mem.translate(addr, len as u64) {
+            Some(ptr) => {
+                self.segs[0] = Segment { ptr, len };
+                self.n = 1;
+                self.len = len as u64;
+                self.readable = if writable { 0 } else { len as u64 };
+                true
+            }
+            None => false,
         }
     }
 
@@ -417,6 +452,27 @@ mod tests {
         c.walk(&r, 0, Access::DeviceReads, false).unwrap();
         assert_eq!(c.len(), 112);
         assert_eq!(c.segments().len(), 2);
+    }
+
+    #[test]
+    fn a_single_buffer_chain_replaces_what_the_chain_held() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        t.set_desc(0, d(GPA + BUF_OFF, 12, DESC_F_NEXT, 3));
+        t.set_desc(3, d(GPA + BUF_OFF + 4096, 100, 0, 0));
+        t.set_desc(1, d(GPA + BUF_OFF + 8192, 60, 0, 0));
+        t.set_desc(2, d(GPA + BUF_OFF, 0, 0, 0));
+        let mut c = Chain::default();
+        c.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        c.walk(&r, 1, Access::DeviceReads, false).unwrap();
+        assert_eq!((c.head(), c.len(), c.readable_len(), c.segments().len()), (1, 60, 60, 1));
+        // An empty buffer is a chain of no segments, as the general walk
+        // makes it.
+        c.walk(&r, 2, Access::DeviceReads, false).unwrap();
+        assert_eq!((c.len(), c.segments().len()), (0, 0));
+        t.set_desc(1, d(GPA + BUF_OFF + 8192, 60, DESC_F_WRITE, 0));
+        c.walk(&r, 1, Access::DeviceWrites, false).unwrap();
+        assert_eq!((c.len(), c.readable_len()), (60, 0));
     }
 
     #[test]

@@ -377,6 +377,12 @@ impl PackedRing {
         // Descriptors the chain may take: the ring less those taken and not
         // returned (a chain running into them loops round the ring).
         let room = self.size - self.in_flight_desc.min(self.size as u32) as u16;
+        if first_flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 && room > 0 {
+            let (addr, len, id) = self.rest(slot);
+            if chain.single(&self.mem, addr, len, first_flags, access) {
+                return self.token(id, 1);
+            }
+        }
         loop {
             if ndesc == room {
                 return Err(ChainError::Loop.into());

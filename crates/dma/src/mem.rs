@@ -139,8 +139,9 @@ impl GuestMemory {
 
     /// True once the tenant shrank a region's file under us (a SIGBUS was
     /// contained): the data path must stop using this table.
+    #[inline]
     pub fn revoked(&self) -> bool {
-        self.regions.iter().any(|r| r.guard.as_ref().is_some_and(|g| g.revoked()))
+        crate::sigbus::any_revoked() && self.regions.iter().any(|r| r.guard.as_ref().is_some_and(|g| g.revoked()))
     }
 
     /// The regions as the front end declared them.

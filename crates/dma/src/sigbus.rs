@@ -12,7 +12,7 @@
 //! else is passed on to the previous handler (Rust's stack-overflow handler,
 //! or the default action).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
 
 /// Most tenant mappings at once (256 VFs x 8 regions).
@@ -31,6 +31,10 @@ struct Slot {
 const EMPTY: Slot =
     Slot { start: AtomicUsize::new(0), end: AtomicUsize::new(0), page: AtomicUsize::new(0), hits: AtomicU64::new(0) };
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// Set by the handler at its first contained SIGBUS, never cleared: until
+/// then no mapping is revoked and [`Registration::revoked`] (asked per
+/// frame on the data path) answers from this one flag.
+static ANY_HIT: AtomicBool = AtomicBool::new(false);
 static OLD_HANDLER: AtomicUsize = AtomicUsize::new(0);
 static OLD_FLAGS: AtomicUsize = AtomicUsize::new(0);
 static INSTALL: Once = Once::new();
@@ -42,8 +46,14 @@ pub struct Registration(Option<usize>);
 impl Registration {
     /// True once a SIGBUS hit this mapping.
     pub fn revoked(&self) -> bool {
-        self.0.is_some_and(|i| TABLE[i].hits.load(Ordering::Relaxed) > 0)
+        ANY_HIT.load(Ordering::Relaxed) && self.0.is_some_and(|i| TABLE[i].hits.load(Ordering::Relaxed) > 0)
     }
+}
+
+/// False until some mapping was revoked: the data path's one-load check.
+#[inline]
+pub(crate) fn any_revoked() -> bool {
+    ANY_HIT.load(Ordering::Relaxed)
 }
 
 impl Drop for Registration {
@@ -119,6 +129,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         };
         if r != libc::MAP_FAILED {
             s.hits.fetch_add(1, Ordering::Relaxed);
+            ANY_HIT.store(true, Ordering::Relaxed);
             return;
         }
     }

@@ -11,30 +11,51 @@ use crate::chain::Chain;
 
 /// Copies `n` bytes from `src` to `dst`. Frames are mostly short and the
 /// header writes tiny, so up to 64 bytes (one cache line) are moved with
-/// unaligned 8-byte words instead of a call into `memcpy`; longer copies
-/// use `memcpy`, which streams whole cache lines.
+/// unaligned 16-byte words (8-byte ones below 16 bytes), the last word
+/// ending at `n` and overlapping bytes already copied, instead of a call
+/// into `memcpy`; longer copies use `memcpy`, which streams whole cache
+/// lines.
 ///
 /// # Safety
 /// `src..src+n` must be readable and `dst..dst+n` writable, and the two
 /// ranges must not overlap.
 #[inline(always)]
 unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
-    if (8..=64).contains(&n) {
+    if (16..=64).contains(&n) {
         let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n, inside both ranges (caller's contract).
-            unsafe { dst.add(i).cast::<u64>().write_unaligned(src.add(i).cast::<u64>().read_unaligned()) };
-            i += 8;
+        while i + 16 < n {
+            // SAFETY: i + 16 < n, inside both ranges (caller's contract).
+            unsafe { dst.add(i).cast::<u128>().write_unaligned(src.add(i).cast::<u128>().read_unaligned()) };
+            i += 16;
         }
-        if i < n {
-            // The tail as one word ending at n (overlaps bytes already copied).
-            // SAFETY: n >= 8, so n - 8 .. n is inside both ranges.
-            unsafe { dst.add(n - 8).cast::<u64>().write_unaligned(src.add(n - 8).cast::<u64>().read_unaligned()) };
+        // The last word ends at n. SAFETY: n >= 16, so n - 16 .. n is
+        // inside both ranges.
+        unsafe { dst.add(n - 16).cast::<u128>().write_unaligned(src.add(n - 16).cast::<u128>().read_unaligned()) };
+    } else if (8..16).contains(&n) {
+        // SAFETY: n >= 8, so 0 .. 8 and n - 8 .. n are inside both ranges.
+        unsafe {
+            dst.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned());
+            dst.add(n - 8).cast::<u64>().write_unaligned(src.add(n - 8).cast::<u64>().read_unaligned());
         }
     } else {
         // SAFETY: the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src, dst, n) };
     }
+}
+
+/// The `N` bytes of `chain` from `off` on, read straight from its first
+/// segment; `None` if they do not all lie in it (read them with a
+/// [`Cursor`] then). How the switch reads the headers of a frame.
+#[inline]
+pub fn peek<const N: usize>(chain: &Chain, off: usize) -> Option<[u8; N]> {
+    let s = chain.segments().first()?;
+    if off.checked_add(N)? > s.len as usize {
+        return None;
+    }
+    // SAFETY: `s.ptr + off .. + N` lies inside the chain's first segment
+    // (checked just above), translated with its length from the chain's
+    // memory, which the chain keeps mapped; one unaligned copy out.
+    Some(unsafe { s.ptr.add(off).cast::<[u8; N]>().read_unaligned() })
 }
 
 /// Hints the CPU to fetch the cache line at `p` (no effect on program
@@ -264,6 +285,36 @@ mod tests {
         // Source shorter than asked.
         assert!(!copy_flat(&hdr, &a, 13, 100, &b));
         assert!(!copy_flat(&hdr, &a, u64::MAX, 100, &b));
+    }
+
+    #[test]
+    fn copy_bytes_moves_exactly_n_bytes_at_every_length() {
+        let src: Vec<u8> = (1..=200u8).collect();
+        for n in 0..=130 {
+            let mut dst = vec![0u8; 140];
+            // SAFETY: both buffers hold at least n bytes and are distinct.
+            unsafe { copy_bytes(src.as_ptr(), dst.as_mut_ptr(), n) };
+            assert_eq!(&dst[..n], &src[..n], "n = {n}");
+            assert!(dst[n..].iter().all(|&b| b == 0), "n = {n}: wrote past the end");
+        }
+    }
+
+    #[test]
+    fn peek_reads_only_inside_the_first_segment() {
+        let t = TestRing::new(8);
+        let r = t.ring(false);
+        let bytes: Vec<u8> = (0..40u8).collect();
+        t.write(GPA + BUF_OFF, &bytes);
+        t.set_desc(0, Desc { addr: GPA + BUF_OFF, len: 30, flags: DESC_F_NEXT, next: 1 });
+        t.set_desc(1, Desc { addr: GPA + BUF_OFF + 4096, len: 30, flags: 0, next: 0 });
+        let mut a = Chain::default();
+        a.walk(&r, 0, Access::DeviceReads, false).unwrap();
+        assert_eq!(peek::<28>(&a, 0), Some(bytes[..28].try_into().unwrap()));
+        assert_eq!(peek::<28>(&a, 2), Some(bytes[2..30].try_into().unwrap()));
+        // Would run into the second buffer.
+        assert_eq!(peek::<28>(&a, 3), None);
+        assert_eq!(peek::<28>(&a, usize::MAX), None);
+        assert_eq!(peek::<4>(&Chain::default(), 0), None);
     }
 
     #[test]

@@ -434,7 +434,6 @@ fn fill(
     }
     // virtio_net_hdr: the offloads handed over, num_buffers = buffers used.
     let hdr = VirtioNetHdr { num_buffers: taken as u16, ..frame.offload }.to_bytes();
-    let mut written = [0u32; MAX_MERGE];
     // Fast path: no tag edit, the frame in the sender's first buffer and
     // header plus frame in the receiver's: two straight copies.
     if let (1, TagEdit::Keep, Source::Chain { chain, offset }) = (taken, frame.tag, frame.src) {
@@ -447,6 +446,7 @@ fn fill(
             return Ok(());
         }
     }
+    let mut written = [0u32; MAX_MERGE];
     let mut src = frame.reader();
     let mut left = frame.out_len();
     for (i, c) in scratch.chains[..taken].iter().enumerate() {

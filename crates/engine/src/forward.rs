@@ -5,7 +5,7 @@
 //! per (sender queue, receiver).
 
 use vfnic_dma::chain::Access;
-use vfnic_dma::copy::Cursor;
+use vfnic_dma::copy::{peek, Cursor};
 use vfnic_dma::{Chain, PopError};
 use vfnic_op::vring::TxQos;
 use vfnic_op::{features, Function, Policy};
@@ -381,7 +381,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let len = chain.len().saturating_sub(hdr_len);
             let mut vnet = [0u8; 12];
             let mut eth = [0u8; 16];
-            if chain.len() >= hdr_len + ETH_HLEN {
+            if let (12, Some(h)) = (hdr_len, peek::<28>(chain, 0)) {
+                // Both headers in the first buffer (nearly every frame).
+                vnet.copy_from_slice(&h[..12]);
+                eth.copy_from_slice(&h[12..]);
+            } else if chain.len() >= hdr_len + ETH_HLEN {
                 let mut cur = Cursor::new(chain);
                 cur.gather(&mut vnet[..hdr_len as usize]);
                 cur.gather(&mut eth);
@@ -472,76 +476,90 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let ports = fabric.ports();
     let uplinks = std::cell::OnceCell::new();
     let held = |vf: u16| ports.get(vf as usize).and_then(Option::as_ref).is_some_and(|p| p.tx_held(now_ns));
-    let mut run: Option<(u16, std::sync::MutexGuard<'_, vfnic_qos::Share>)> = None;
+    // The run of frames to one receiver being admitted: its port, its
+    // place in `rooms`, its arbiter (locked once per run; one receiver lock
+    // at a time, as engines lock receivers in no set order) and whether
+    // that arbiter is open for the whole run: no link speed and no
+    // congestion, so nothing but the buffer count changes frame by frame.
+    struct Run<'g> {
+        p: u16,
+        slot: Option<usize>,
+        share: std::sync::MutexGuard<'g, vfnic_qos::Share>,
+        open: bool,
+    }
+    let mut run: Option<Run<'_>> = None;
     for (i, m) in scratch.dest.iter().enumerate() {
         let Dest::Port(p) = m.dest else { continue };
         if m.drop.is_some() {
             continue;
         }
-        let dst = if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) {
-            let ups = uplinks.get_or_init(|| fabric.uplinks());
-            match ups.iter().find(|u| u.id.0 == p) {
-                Some(u) => Receiver::Uplink(u),
-                None => continue,
-            }
-        } else {
-            match ports.get(p as usize).and_then(Option::as_ref) {
-                Some(d) => Receiver::Vf(d),
-                None => continue,
-            }
-        };
-        let slot = match rooms.iter().position(|r| r.0 == p) {
-            Some(k) => Some(k),
-            None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| {
-                rooms[k] = match dst {
-                    Receiver::Vf(d) => (p, rx_room(d), scratch.policies.get(d).speed),
-                    Receiver::Uplink(u) => (p, u16::MAX, u.speed),
+        if run.as_ref().is_none_or(|r| r.p != p) {
+            let dst = if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) {
+                let ups = uplinks.get_or_init(|| fabric.uplinks());
+                match ups.iter().find(|u| u.id.0 == p) {
+                    Some(u) => Receiver::Uplink(u),
+                    None => continue,
                 }
-            }),
-        };
-        // The receiver's arbiter, locked once for a run of frames to it; one
-        // receiver lock at a time (engines lock receivers in no set order).
-        if run.as_ref().is_none_or(|r| r.0 != p) {
+            } else {
+                match ports.get(p as usize).and_then(Option::as_ref) {
+                    Some(d) => Receiver::Vf(d),
+                    None => continue,
+                }
+            };
+            let slot = match rooms.iter().position(|r| r.0 == p) {
+                Some(k) => Some(k),
+                None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| {
+                    rooms[k] = match dst {
+                        Receiver::Vf(d) => (p, rx_room(d), scratch.policies.get(d).speed),
+                        Receiver::Uplink(u) => (p, u16::MAX, u.speed),
+                    }
+                }),
+            };
             drop(run.take());
-            run = Some((p, dst.share()));
+            let mut share = dst.share();
+            share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
+            let open = pass != Pass::Guaranteed && !share.has_link() && !share.congested(now_ns);
+            run = Some(Run { p, slot, share, open });
         }
-        let share = &mut run.as_mut().expect("locked just above").1;
-        if slot.is_some_and(|k| rooms[k].1 == 0) {
+        let r = run.as_mut().expect("set just above");
+        if r.slot.is_some_and(|k| rooms[k].1 == 0) {
             // No buffer posted for this frame: it waits, and the receiver's
             // senders now share it by weight; a guarantee holds the next
             // buffers for itself.
-            share.mark_congested(now_ns);
+            r.share.mark_congested(now_ns);
             if pass == Pass::Guaranteed {
-                share.reserve(now_ns);
+                r.share.reserve(now_ns);
             }
             cut = i;
             blocked = true;
             hold = HoldReason::NoBuffer;
             break;
         }
-        share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
-        if let Some(ready_ns) = share.link_wait(m.len, now_ns) {
-            // The link is full: the same contention as a receiver out of
-            // buffers, and this queue rests until the link has room.
-            share.mark_congested(now_ns);
-            if pass == Pass::Guaranteed {
-                share.reserve(now_ns);
+        if !r.open {
+            let share = &mut r.share;
+            if let Some(ready_ns) = share.link_wait(m.len, now_ns) {
+                // The link is full: the same contention as a receiver out
+                // of buffers, and this queue rests until the link has room.
+                share.mark_congested(now_ns);
+                if pass == Pass::Guaranteed {
+                    share.reserve(now_ns);
+                }
+                qos.throttled_until_ns = ready_ns;
+                cut = i;
+                hold = HoldReason::LinkFull;
+                break;
             }
-            qos.throttled_until_ns = ready_ns;
-            cut = i;
-            hold = HoldReason::LinkFull;
-            break;
+            if pass == Pass::Guaranteed {
+                share.release();
+            } else if share.congested(now_ns)
+                && (share.reserved(now_ns) || !share.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns, held))
+            {
+                cut = i;
+                break;
+            }
+            share.take_link(m.len);
         }
-        if pass == Pass::Guaranteed {
-            share.release();
-        } else if share.congested(now_ns)
-            && (share.reserved(now_ns) || !share.admit(f.id.0, pol.weight, m.len, DRR_QUANTUM, now_ns, held))
-        {
-            cut = i;
-            break;
-        }
-        share.take_link(m.len);
-        if let Some(k) = slot {
+        if let Some(k) = r.slot {
             rooms[k].1 -= 1;
         }
     }
@@ -549,9 +567,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         // The queue ran dry with all of it admitted: it no longer contends.
         // The receiver still locked first (mostly the only one), then the
         // others, one at a time.
-        let last = run.as_mut().filter(|(p, _)| rooms.iter().any(|r| r.0 == *p)).map(|(p, share)| {
-            share.idle(f.id.0);
-            *p
+        let last = run.as_mut().filter(|r| rooms.iter().any(|x| x.0 == r.p)).map(|r| {
+            r.share.idle(f.id.0);
+            r.p
         });
         drop(run);
         for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX).filter(|r| Some(r.0) != last) {

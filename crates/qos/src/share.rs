@@ -77,6 +77,7 @@ impl Share {
 
     /// Brings the link bucket in line with the destination's speed in
     /// Mbit/s (a changed speed starts a fresh bucket; 0 removes it).
+    #[inline]
     pub fn set_speed(&mut self, mbps: u32, now_ns: u64) {
         match (&self.link, mbps) {
             (_, 0) => self.link = None,
@@ -91,8 +92,15 @@ impl Share {
         }
     }
 
+    /// True if the destination has a link speed (a bucket to draw from).
+    #[inline]
+    pub fn has_link(&self) -> bool {
+        self.link.is_some()
+    }
+
     /// When the link has room for `bytes`: `None` = now (or no link),
     /// `Some(t)` = not before `t` (ns). Takes nothing.
+    #[inline]
     pub fn link_wait(&mut self, bytes: u64, now_ns: u64) -> Option<u64> {
         let (_, b) = self.link.as_mut()?;
         if b.conforms(bytes, now_ns) {
@@ -103,6 +111,7 @@ impl Share {
     }
 
     /// Puts `bytes` on the link (after [`Share::link_wait`] said yes).
+    #[inline]
     pub fn take_link(&mut self, bytes: u64) {
         if let Some((_, b)) = self.link.as_mut() {
             b.consume(bytes);
@@ -110,11 +119,13 @@ impl Share {
     }
 
     /// Records a sign of congestion at `now_ns` (no room for a frame).
+    #[inline]
     pub fn mark_congested(&mut self, now_ns: u64) {
         self.congested_until_ns = now_ns + Self::CONGESTED_NS;
     }
 
     /// True while senders are admitted in fair order.
+    #[inline]
     pub fn congested(&mut self, now_ns: u64) -> bool {
         if now_ns < self.congested_until_ns {
             return true;

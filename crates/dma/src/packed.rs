@@ -171,7 +171,8 @@ fn retreat(pos: u16, wrap: bool, n: u16, size: u16) -> (u16, bool) {
 /// Whether descriptor `flags` mark it available for wrap counter `wrap`.
 #[inline]
 fn is_avail(flags: u16, wrap: bool) -> bool {
-    (flags & DESC_F_AVAIL != 0) == wrap && (flags & DESC_F_USED != 0) != wrap
+    // AVAIL equal to the wrap counter and USED its inverse.
+    flags & (DESC_F_AVAIL | DESC_F_USED) == if wrap { DESC_F_AVAIL } else { DESC_F_USED }
 }
 
 impl PackedRing {

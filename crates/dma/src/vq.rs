@@ -43,12 +43,14 @@ impl Virtqueue {
         }
     }
 
-    /// Chains available (split: exact count; packed: counted up to 64,
-    /// one burst, by walking the descriptors' flags).
-    pub fn room(&self) -> u16 {
+    /// Chains available, counted up to `max` (split: from the avail index;
+    /// packed: by walking the descriptors' flags, so ask for no more than
+    /// a burst needs).
+    #[inline]
+    pub fn room(&self, max: u16) -> u16 {
         match self {
-            Virtqueue::Split(r) => r.pending().unwrap_or(0),
-            Virtqueue::Packed(r) => r.room_upto(64),
+            Virtqueue::Split(r) => r.pending().unwrap_or(0).min(max),
+            Virtqueue::Packed(r) => r.room_upto(max),
         }
     }
 

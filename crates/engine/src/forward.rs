@@ -184,16 +184,17 @@ fn admit(qos: &mut TxQos, pass: Pass, budget: &mut u64, len: u64, now_ns: u64) -
     true
 }
 
-/// RX buffers `d` has posted (on its first queue pair; RSS receivers with
-/// several are treated as having room). A receiver that is not up counts as
-/// having room: delivery drops and counts those frames.
-fn rx_room(d: &Function) -> u16 {
+/// RX buffers `d` has posted, counted up to `max` (on its first queue
+/// pair; RSS receivers with several are treated as having room). A
+/// receiver that is not up counts as having room: delivery drops and
+/// counts those frames.
+fn rx_room(d: &Function, max: u16) -> u16 {
     if !d.connected() || !d.link_up() || d.queue_pairs() > 1 {
         return u16::MAX;
     }
     let s = d.rx(0).lock();
     match (s.ready(), s.ring.as_ref()) {
-        (true, Some(r)) => r.room(),
+        (true, Some(r)) => r.room(max),
         _ => u16::MAX,
     }
 }
@@ -510,7 +511,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 Some(k) => Some(k),
                 None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| {
                     rooms[k] = match dst {
-                        Receiver::Vf(d) => (p, rx_room(d), scratch.policies.get(d).speed),
+                        Receiver::Vf(d) => (p, rx_room(d, n as u16), scratch.policies.get(d).speed),
                         Receiver::Uplink(u) => (p, u16::MAX, u.speed),
                     }
                 }),
@@ -649,7 +650,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             Dest::Nowhere => {}
         }
     }
-    if any_flood || any_unicast {
+    // Mirrors: looked for only while some VF is promiscuous.
+    if any_flood || (any_unicast && vfnic_op::any_promiscuous()) {
         for d in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
             if scratch.ports.iter().any(|(q, _)| *q == d.id.0) {
                 continue;

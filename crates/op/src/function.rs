@@ -1,7 +1,7 @@
 //! A virtual function: configuration space, queue pairs, counters.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use vfnic_qos::Share;
@@ -138,6 +138,18 @@ impl Policy {
     }
 }
 
+/// Functions whose policy is promiscuous, process-wide. The data path
+/// looks for mirror receivers only while there are some.
+static PROMISCUOUS: AtomicUsize = AtomicUsize::new(0);
+
+/// True while some function's policy is promiscuous (a trusted VF with
+/// `promisc` on): only then may a unicast frame have receivers besides
+/// its destination.
+#[inline]
+pub fn any_promiscuous() -> bool {
+    PROMISCUOUS.load(Ordering::Relaxed) > 0
+}
+
 /// Source of policy versions: unique across all functions, so a cached copy
 /// is never mistaken for another function's.
 fn next_policy_version() -> u64 {
@@ -227,6 +239,14 @@ pub struct Function {
     backend: Mutex<Option<BackendChannel>>,
 }
 
+impl Drop for Function {
+    fn drop(&mut self) {
+        if self.policy.load().promisc {
+            PROMISCUOUS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::fmt::Debug for Function {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Function").field("id", &self.id).field("settings", &self.settings()).finish()
@@ -237,6 +257,9 @@ impl Function {
     /// A function with `queue_pairs` queue pairs plus a control queue.
     pub fn new(id: VfId, settings: FunctionSettings, queue_pairs: u16) -> Function {
         let queue_pairs = queue_pairs.max(1);
+        if Policy::of(&settings).promisc {
+            PROMISCUOUS.fetch_add(1, Ordering::Relaxed);
+        }
         Function {
             id,
             counters: VfCounters::default(),
@@ -287,7 +310,14 @@ impl Function {
         self.mtu.store(s.mtu, Ordering::Relaxed);
         self.link_up.store(s.link.passes_traffic(), Ordering::Relaxed);
         self.moderation.store(((s.rx_usecs as u64) << 32) | s.rx_frames as u64, Ordering::Relaxed);
-        self.policy.store(std::sync::Arc::new(Policy::of(&s)));
+        let policy = Policy::of(&s);
+        // Under the settings lock: the old policy is this function's last.
+        match (self.policy.load().promisc, policy.promisc) {
+            (false, true) => _ = PROMISCUOUS.fetch_add(1, Ordering::Relaxed),
+            (true, false) => _ = PROMISCUOUS.fetch_sub(1, Ordering::Relaxed),
+            _ => {}
+        }
+        self.policy.store(std::sync::Arc::new(policy));
         self.policy_version.store(next_policy_version(), Ordering::Release);
         self.guarantee.store(s.min_tx_rate != 0, Ordering::Relaxed);
     }

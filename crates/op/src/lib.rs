@@ -29,6 +29,6 @@ pub mod vring;
 
 pub use fd::Doorbell;
 pub use function::{
-    DataPlaneHooks, Function, FunctionSettings, NoHooks, Policy, PolicyCache, QueueCounters, QueueLoad,
+    any_promiscuous, DataPlaneHooks, Function, FunctionSettings, NoHooks, Policy, PolicyCache, QueueCounters, QueueLoad,
 };
 pub use vring::{Vring, VringState};

@@ -19,6 +19,8 @@
 # N hottest source lines (instructions per frame) of the last run.
 #
 # Env: SECS=10 SIZE=64 BURST=32 INFLIGHT=12 REPS=2 TOP=0
+#      KEEP=FILE (copy the last run's callgrind output there, for
+#      callgrind_annotate --auto=yes)
 #      VU="" (appended to both vdevs, e.g. ",packed_vq=1,in_order=1")
 # Needs: root, hugepages, dpdk-testpmd, valgrind, python3.
 set -euo pipefail
@@ -79,6 +81,7 @@ for bin in "$@"; do
     done
     echo "$bin: median $(sort -n "$OUT/ratios" | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}') instructions per frame (SIZE=$SIZE BURST=$BURST INFLIGHT=$INFLIGHT$VU)"
 done
+[ -n "${KEEP:-}" ] && cp "$OUT/run/cg.out" "$KEEP"
 if [ "$TOP" -gt 0 ]; then
     callgrind_annotate --auto=yes --show-percs=no --threshold=100 "$OUT/run/cg.out" 2>/dev/null |
         grep -E '^\s*[0-9,]{6,} ' |

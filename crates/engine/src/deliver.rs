@@ -384,6 +384,7 @@ enum Fill {
     Fault(ErrorKind),
 }
 
+#[inline]
 fn fill(
     ring: &mut Virtqueue,
     frame: Frame<'_>,

@@ -342,26 +342,46 @@ impl PackedRing {
     /// descriptor in a chain of several, or one with `DESC_F_NEXT`, is
     /// [`ChainError::Length`]; a buffer id beyond the ring is
     /// [`RingError::HeadIndex`].
+    #[inline]
     pub fn pop_chain(
         &mut self,
         chain: &mut Chain,
         access: Access,
         indirect_ok: bool,
     ) -> Result<Option<Token>, PopError> {
-        let flags = self.flags(self.next_avail);
+        let slot = self.next_avail;
+        let flags = self.flags(slot);
         if !is_avail(flags, self.avail_wrap) {
             return Ok(None);
         }
         chain.start(&self.mem, 0, 0);
+        // The common chain: one descriptor, one buffer in one region.
+        if flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 && self.in_flight_desc < self.size as u32 {
+            let (addr, len, id) = self.rest(slot);
+            if id < self.size && chain.single(&self.mem, addr, len, flags, access) {
+                let token = Token { id, ndesc: 1 };
+                chain.set_token(token);
+                self.took(token);
+                return Ok(Some(token));
+            }
+        }
+        self.pop_walked(chain, flags, access, indirect_ok)
+    }
+
+    /// [`PackedRing::pop_chain`] for any other chain: walked (and checked)
+    /// descriptor by descriptor.
+    #[inline(never)]
+    fn pop_walked(
+        &mut self,
+        chain: &mut Chain,
+        flags: u16,
+        access: Access,
+        indirect_ok: bool,
+    ) -> Result<Option<Token>, PopError> {
         match self.walk(chain, flags, access, indirect_ok) {
             Ok(token) => {
                 chain.set_token(token);
-                (self.next_avail, self.avail_wrap) = advance(self.next_avail, self.avail_wrap, token.ndesc, self.size);
-                self.popped[self.popped_at] = token.ndesc;
-                self.popped_at = (self.popped_at + 1) % UNPOP_DEPTH;
-                self.popped_n = (self.popped_n + 1).min(UNPOP_DEPTH);
-                self.in_flight += 1;
-                self.in_flight_desc += token.ndesc as u32;
+                self.took(token);
                 Ok(Some(token))
             }
             Err(e) => {
@@ -371,6 +391,18 @@ impl PackedRing {
         }
     }
 
+    /// Moves the avail position past a chain just taken, remembering it
+    /// for [`PackedRing::unpop`].
+    #[inline]
+    fn took(&mut self, token: Token) {
+        (self.next_avail, self.avail_wrap) = advance(self.next_avail, self.avail_wrap, token.ndesc, self.size);
+        self.popped[self.popped_at] = token.ndesc;
+        self.popped_at = (self.popped_at + 1) % UNPOP_DEPTH;
+        self.popped_n = (self.popped_n + 1).min(UNPOP_DEPTH);
+        self.in_flight += 1;
+        self.in_flight_desc += token.ndesc as u32;
+    }
+
     fn walk(&self, chain: &mut Chain, first_flags: u16, access: Access, indirect_ok: bool) -> Result<Token, PopError> {
         let mut slot = self.next_avail;
         let mut flags = first_flags;
@@ -378,12 +410,6 @@ impl PackedRing {
         // Descriptors the chain may take: the ring less those taken and not
         // returned (a chain running into them loops round the ring).
         let room = self.size - self.in_flight_desc.min(self.size as u32) as u16;
-        if first_flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 && room > 0 {
-            let (addr, len, id) = self.rest(slot);
-            if chain.single(&self.mem, addr, len, first_flags, access) {
-                return self.token(id, 1);
-            }
-        }
         loop {
             if ndesc == room {
                 return Err(ChainError::Loop.into());

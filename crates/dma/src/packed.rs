@@ -508,7 +508,26 @@ impl PackedRing {
     /// descriptor once it is used, sees the batch whole or not at all.
     #[inline]
     pub fn push_used(&mut self, token: Token, len: u32) {
-        debug_assert!(token.ndesc >= 1 && token.ndesc <= self.size);
+        self.write_used(token.id, len, token.ndesc, 1);
+    }
+
+    /// Returns `chains` chains taken in order and not written to (TX),
+    /// `ndesc` ring descriptors in all, the last of them `last`, with one
+    /// used descriptor: what `VIRTIO_F_IN_ORDER` lets a device do (the
+    /// driver takes every buffer up to `last`'s id as used, and the next
+    /// used descriptor goes `ndesc` positions on). Only with IN_ORDER
+    /// negotiated, and only for the oldest chains not yet returned.
+    #[inline]
+    pub fn push_used_in_order(&mut self, last: Token, chains: u32, ndesc: u32) {
+        debug_assert!(chains >= 1 && ndesc >= chains && ndesc <= self.size as u32);
+        self.write_used(last.id, 0, ndesc.clamp(1, self.size as u32) as u16, chains);
+    }
+
+    /// Writes one used descriptor (`id`, `len`) at the next used position
+    /// and moves that position `ndesc` on, for `chains` chains returned.
+    #[inline]
+    fn write_used(&mut self, id: u16, len: u32, ndesc: u16, chains: u32) {
+        debug_assert!(ndesc >= 1 && ndesc <= self.size);
         let slot = self.next_used;
         let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
         if len > 0 {
@@ -520,7 +539,7 @@ impl PackedRing {
         // are aligned. The slot belongs to a chain we took and have not
         // returned, so the driver does not write it now; volatile writes.
         unsafe {
-            d.add(OFF_ID).cast::<u16>().write_volatile(token.id.to_le());
+            d.add(OFF_ID).cast::<u16>().write_volatile(id.to_le());
             d.add(OFF_LEN).cast::<u32>().write_volatile(len.to_le());
         }
         if self.batch_head.is_none() {
@@ -533,10 +552,10 @@ impl PackedRing {
             // atomic accesses are made through it on our side.
             unsafe { AtomicU16::from_ptr(d.add(OFF_FLAGS).cast()) }.store(flags.to_le(), Ordering::Release);
         }
-        let ndesc = token.ndesc.clamp(1, self.size);
+        let ndesc = ndesc.clamp(1, self.size);
         (self.next_used, self.used_wrap) = advance(self.next_used, self.used_wrap, ndesc, self.size);
         self.unsignalled = self.unsignalled.saturating_add(ndesc as u32);
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight = self.in_flight.saturating_sub(chains);
         self.in_flight_desc = self.in_flight_desc.saturating_sub(ndesc as u32);
     }
 
@@ -1024,6 +1043,41 @@ mod tests {
         }
         assert_eq!(PopError::Ring(RingError::HeadIndex(8)).kind(), ErrorKind::DescIndexInvalid);
         assert_eq!(PopError::Chain(ChainError::Loop).kind(), ErrorKind::ChainLoop);
+    }
+
+    #[test]
+    fn in_order_returns_a_batch_with_one_used_descriptor() {
+        let mut d = Driver::new(8);
+        let mut r = d.ring(false);
+        let mut c = Chain::default();
+        // Lap 1: ids 0..3 (the middle chain takes two descriptors).
+        d.offer(0, &[(buf(0), 60, 0)]);
+        d.offer(1, &[(buf(1), 12, 0), (buf(2), 60, 0)]);
+        d.offer(2, &[(buf(3), 60, 0)]);
+        let t: Vec<Token> = (0..3).map(|_| r.pop_chain(&mut c, R, false).unwrap().unwrap()).collect();
+        r.push_used_in_order(t[2], 3, 4);
+        r.publish_used();
+        // One used descriptor, at the first chain's position, with the last
+        // id; the driver skips to position 4 (as an IN_ORDER driver does,
+        // by the batch it computes from the id).
+        assert_eq!(d.read_desc(0).2, 2);
+        assert_eq!(d.read_desc(0).3 & (DESC_F_AVAIL | DESC_F_USED), DESC_F_AVAIL | DESC_F_USED);
+        assert_eq!(d.read_desc(0).1, 0);
+        for s in 1..4 {
+            assert_eq!(d.read_desc(s).3 & DESC_F_USED, 0, "slot {s} is not written");
+        }
+        assert_eq!(r.next_used_state(), WRAP_BIT | 4);
+        // Everything taken is back: the whole ring is room again, and the
+        // next lap's batch wraps round with the wrap counter flipped.
+        for id in 3..7 {
+            d.offer(id, &[(buf(id as u64), 60, 0)]);
+        }
+        let t: Vec<Token> = (0..4).map(|_| r.pop_chain(&mut c, R, false).unwrap().unwrap()).collect();
+        r.push_used_in_order(t[3], 4, 4);
+        r.publish_used();
+        assert_eq!(d.read_desc(4).2, 6);
+        assert_eq!(r.next_used_state(), 0, "position 0 of lap 2");
+        assert_eq!(r.next_used_state(), r.next_avail_state());
     }
 
     #[test]

@@ -112,6 +112,22 @@ impl Virtqueue {
         }
     }
 
+    /// Completes `chains`, none written to (TX), in the order they were
+    /// taken. With `in_order` (`VIRTIO_F_IN_ORDER` negotiated) and the
+    /// chains the oldest still out, a packed ring returns them with one
+    /// used descriptor (one descriptor-ring line written for the burst
+    /// instead of one per four chains, and fewer for the driver to read).
+    #[inline]
+    pub fn complete_unwritten(&mut self, chains: &[Chain], in_order: bool) {
+        match (self, chains.last()) {
+            (Virtqueue::Packed(r), Some(last)) if in_order => {
+                let ndesc = chains.iter().map(|c| c.token().ndesc as u32).sum();
+                r.push_used_in_order(last.token(), chains.len() as u32, ndesc);
+            }
+            (q, _) => chains.iter().for_each(|c| q.complete(c, 0)),
+        }
+    }
+
     /// Gives back the last `n` chains taken and not completed.
     pub fn unpop(&mut self, n: u16) {
         match self {

@@ -757,13 +757,12 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     }
 
     // 4. Complete the TX chains (length 0: the device writes nothing into
-    // TX buffers), in order: one publish, at most one interrupt.
+    // TX buffers), in order: one publish, at most one interrupt (and, with
+    // IN_ORDER on a packed ring, one used descriptor).
     let qc = f.queue_counters(qp);
     qc.tx_packets.add_exclusive(tx_packets);
     qc.tx_bytes.add_exclusive(tx_bytes);
-    for chain in &scratch.tx[..n] {
-        ring.complete(chain, 0);
-    }
+    ring.complete_unwritten(&scratch.tx[..n], features::in_order(acked));
     ring.publish_used();
     if ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);

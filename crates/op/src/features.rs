@@ -94,6 +94,12 @@ pub fn net_hdr_len(features: u64) -> usize {
     }
 }
 
+/// `IN_ORDER` negotiated: buffers are used in the order they were made
+/// available, so a batch may be returned with one used entry.
+pub fn in_order(features: u64) -> bool {
+    has(features, VIRTIO_F_IN_ORDER)
+}
+
 /// `EVENT_IDX` negotiated.
 pub fn event_idx(features: u64) -> bool {
     has(features, VIRTIO_RING_F_EVENT_IDX)

@@ -226,6 +226,23 @@ enum Dest {
     Flood,
 }
 
+/// A (VLAN, MAC) key of the forwarding table.
+type VlanMac = (u16, MacAddr);
+
+/// What the forwarding table decided for one ingress port's latest burst,
+/// kept for its next burst while the table's generation stands (frames of
+/// a flow mostly come in many bursts).
+#[derive(Debug, Default, Clone, Copy)]
+struct FdbMemo {
+    generation: u64,
+    /// A source address (VLAN, MAC) the table knew, and when that was
+    /// checked (ms): trusted for a while, so that it is still refreshed
+    /// well within the ageing time.
+    src: Option<(VlanMac, u64)>,
+    /// The last destination (VLAN, MAC) and where it went.
+    fwd: Option<(VlanMac, (Dest, Option<DropReason>))>,
+}
+
 /// Per-engine reusable state: a burst allocates nothing.
 pub struct Scratch {
     tx: Vec<Chain>,
@@ -241,6 +258,8 @@ pub struct Scratch {
     /// RSS hashes of the burst's frames, computed on demand.
     hashes: Vec<Option<u32>>,
     rx: RxScratch,
+    /// Per ingress port (VF index).
+    fdb_memo: Vec<FdbMemo>,
 }
 
 impl Default for Scratch {
@@ -255,6 +274,7 @@ impl Default for Scratch {
             hashes: Vec::with_capacity(BURST),
             policies: vfnic_op::PolicyCache::default(),
             rx: RxScratch::default(),
+            fdb_memo: Vec::new(),
         }
     }
 }
@@ -367,9 +387,21 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     scratch.dest.clear();
     scratch.learn.clear();
     {
-        let mut last_src = None;
-        let mut last_fwd = None;
         let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
+        let generation = fdb.generation();
+        let slot = ingress.0 as usize;
+        if scratch.fdb_memo.len() <= slot {
+            scratch.fdb_memo.resize(slot + 1, FdbMemo::default());
+        }
+        let memo = scratch.fdb_memo[slot];
+        let valid = memo.generation == generation;
+        // A learned source is re-checked (and so refreshed) at least every
+        // quarter of the ageing time, and every second.
+        let src_window = (fdb.ageing_ms() / 4).min(1000);
+        let mut last_src = memo.src.filter(|&(_, at)| valid && now_ms < at.saturating_add(src_window));
+        let mut last_fwd = memo.fwd.filter(|_| valid);
+        // The source looked at last in this burst (or trusted from the memo).
+        let mut seen_src = last_src.map(|(k, _)| k);
         for chain in &scratch.tx[..n] {
             let nowhere = Meta {
                 dest: Dest::Nowhere,
@@ -432,9 +464,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 0
             };
             // Frames of a burst mostly share their source: look it up once.
-            if last_src != Some((domain, src)) {
-                last_src = Some((domain, src));
-                if !fdb.is_learned_vlan(domain, src, ingress, now_ms) && !scratch.learn.contains(&(domain, src)) {
+            if seen_src != Some((domain, src)) {
+                seen_src = Some((domain, src));
+                // Only a source the table knows is remembered as checked.
+                last_src = None;
+                if fdb.is_learned_vlan(domain, src, ingress, now_ms) {
+                    last_src = Some(((domain, src), now_ms));
+                } else if !scratch.learn.contains(&(domain, src)) {
                     scratch.learn.push((domain, src));
                 }
             }
@@ -453,6 +489,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             };
             scratch.dest.push(Meta { dest, len, domain, tagged, drop, offload });
         }
+        scratch.fdb_memo[slot] = FdbMemo { generation, src: last_src, fwd: last_fwd };
     }
     if !scratch.learn.is_empty() {
         let mut fdb = fabric.fdb();

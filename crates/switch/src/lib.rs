@@ -95,6 +95,12 @@ impl Hasher for MacHasher {
     }
 }
 
+/// Source of table generations, unique in the process.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 type MacMap<V> = HashMap<Key, V, BuildHasherDefault<MacHasher>>;
 
 /// The forwarding database.
@@ -104,6 +110,10 @@ pub struct Fdb {
     learned: MacMap<Learned>,
     max_learned: usize,
     ageing_ms: u64,
+    /// Bumped whenever where some address goes changes (not when a known
+    /// address is merely seen again): a copy of a decision taken at one
+    /// generation holds until the next.
+    generation: u64,
 }
 
 impl Default for Fdb {
@@ -116,7 +126,31 @@ impl Fdb {
     /// An empty table holding at most `max_learned` learned entries, each
     /// forgotten `ageing_ms` after it was last seen.
     pub fn new(max_learned: usize, ageing_ms: u64) -> Self {
-        Fdb { statics: MacMap::default(), learned: MacMap::default(), max_learned, ageing_ms }
+        Fdb {
+            statics: MacMap::default(),
+            learned: MacMap::default(),
+            max_learned,
+            ageing_ms,
+            generation: next_generation(),
+        }
+    }
+
+    /// The table's generation: equal generations, equal decisions (every
+    /// change of where an address goes, or of what is known, moves it on;
+    /// generations are unique across tables, so a table built anew is
+    /// never mistaken for the one it replaced).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How long a learned address is kept after it was last seen.
+    pub fn ageing_ms(&self) -> u64 {
+        self.ageing_ms
+    }
+
+    fn bump(&mut self) {
+        self.generation = next_generation();
     }
 
     /// Binds `mac` in VLAN 0 to `port` for good (see [`Fdb::set_static_vlan`]).
@@ -130,6 +164,7 @@ impl Fdb {
         let k = Key { vlan, mac };
         self.learned.remove(&k);
         self.statics.insert(k, port);
+        self.bump();
     }
 
     /// Removes the static entry of `mac` in VLAN 0, if any.
@@ -140,11 +175,13 @@ impl Fdb {
     /// Removes the static entry of (`vlan`, `mac`), if any.
     pub fn remove_static_vlan(&mut self, vlan: u16, mac: MacAddr) {
         self.statics.remove(&Key { vlan, mac });
+        self.bump();
     }
 
     /// Forgets every learned entry behind `port` (the tenant went away).
     pub fn flush_port(&mut self, port: PortId) {
         self.learned.retain(|_, e| e.port != port);
+        self.bump();
     }
 
     /// Looks up the port of a unicast address in VLAN 0.
@@ -212,7 +249,11 @@ impl Fdb {
         if let Some(e) = self.learned.get_mut(&k) {
             let moved = e.port != port;
             *e = Learned { port, last_seen_ms: now_ms };
-            return if moved { Learn::Learned } else { Learn::Known };
+            if moved {
+                self.bump();
+                return Learn::Learned;
+            }
+            return Learn::Known;
         }
         if self.learned.len() >= self.max_learned {
             self.age(now_ms);
@@ -221,13 +262,18 @@ impl Fdb {
             }
         }
         self.learned.insert(k, Learned { port, last_seen_ms: now_ms });
+        self.bump();
         Learn::Learned
     }
 
     /// Drops learned entries not seen for the ageing time.
     pub fn age(&mut self, now_ms: u64) {
         let ageing = self.ageing_ms;
+        let before = self.learned.len();
         self.learned.retain(|_, e| now_ms.saturating_sub(e.last_seen_ms) < ageing);
+        if self.learned.len() != before {
+            self.bump();
+        }
     }
 
     /// Number of learned (non-static) entries.
@@ -269,6 +315,36 @@ mod tests {
         let f = vf_fdb();
         assert_eq!(f.forward(P0, MacAddr::for_vf(1)), Forward::Unicast(P1));
         assert_eq!(f.forward(P1, MacAddr::for_vf(0)), Forward::Unicast(P0));
+    }
+
+    #[test]
+    fn generation_moves_with_every_change_of_a_decision_only() {
+        let mut f = vf_fdb();
+        let m: MacAddr = "02:aa:00:00:00:01".parse().unwrap();
+        let mut g = f.generation();
+        let mut changed = |f: &Fdb, expect: bool, what: &str| {
+            assert_eq!(f.generation() != g, expect, "{what}");
+            g = f.generation();
+        };
+        f.learn(m, P2, 0);
+        changed(&f, true, "learned");
+        f.learn(m, P2, 10);
+        let _ = (f.forward(P0, m), f.is_learned(m, P2, 10));
+        changed(&f, false, "seen again, looked up");
+        f.learn(m, P1, 20);
+        changed(&f, true, "moved");
+        f.age(30);
+        changed(&f, false, "nothing aged out");
+        f.age(20 + DEFAULT_AGEING_MS);
+        changed(&f, true, "aged out");
+        f.remove_static(MacAddr::for_vf(1));
+        changed(&f, true, "static removed");
+        f.set_static(MacAddr::for_vf(1), P1);
+        changed(&f, true, "static set");
+        f.flush_port(P2);
+        changed(&f, true, "port flushed");
+        // A table built anew never shares a generation with an old one.
+        assert_ne!(Fdb::default().generation(), Fdb::default().generation());
     }
 
     #[test]

@@ -61,10 +61,23 @@ pub enum Pass {
     Unlimited,
 }
 
-/// Bytes per unit of weight: a TX queue's deficit-round-robin credit per
-/// turn of its engine, and how far a sender may run ahead of a congested
+/// Bytes per unit of weight a sender may run ahead of a congested
 /// receiver's fair order (`qos::Share::admit`). One MTU-sized frame.
 pub const DRR_QUANTUM: u64 = 1536;
+
+/// Bytes per unit of weight: a TX queue's deficit-round-robin credit per
+/// turn of its engine. Sixteen MTU-sized frames: a turn of weight 1 is a
+/// burst of large frames, not one frame (with one frame per turn, every
+/// 1518-byte frame paid a whole burst's fixed cost). While the queue's
+/// frames wait on a congested receiver ([`CONTENDING_NS`] since they were
+/// last held there), its credit per turn is [`DRR_QUANTUM`] instead: the
+/// senders of that receiver then reach it interleaved frame by frame,
+/// which its fair order (`qos::Share`) needs to hold to the weights.
+pub const TURN_QUANTUM: u64 = 16 * DRR_QUANTUM;
+
+/// How long a queue counts as contending for a receiver after its frames
+/// were last held there (the receiver's congestion window).
+const CONTENDING_NS: u64 = vfnic_qos::Share::CONGESTED_NS;
 
 /// How long a queue may wait for a full receiver before its frames to it
 /// are dropped instead (2 ms: a receiver that does not drain is not
@@ -315,6 +328,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         Pass::Guaranteed if s.qos.min.is_none() => return 0,
         Pass::Guaranteed => u64::MAX,
         Pass::Shared { quantum } => {
+            let quantum = if now_ns < s.qos.contending_until_ns { quantum.min(DRR_QUANTUM) } else { quantum };
             s.qos.deficit = s.qos.deficit.saturating_add(quantum * pol.weight as u64);
             if s.qos.deficit < ETH_HLEN {
                 return 0;
@@ -642,6 +656,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
             ring.unpop((n - cut) as u16);
             f.counters.hold_frames(hold, (n - cut) as u64);
+            qos.contending_until_ns = now_ns + CONTENDING_NS;
             n = cut;
             scratch.dest.truncate(n);
         } else {

@@ -33,7 +33,7 @@ use crate::forward::{process_tx, Pass, Scratch};
 /// turn moves whole frames and per-turn overhead stays small; weights stay
 /// exact up to 2 with 64-byte frames inside one 64-frame burst (beyond, the
 /// burst caps the turn) and at any weight for full-size frames.
-use crate::forward::DRR_QUANTUM;
+use crate::forward::TURN_QUANTUM;
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -551,7 +551,7 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         let mut work = 0;
         // Transmit arbitration among this engine's queues: guarantees
         // (min_tx_rate) first, then deficit round robin by weight.
-        let turns = [Pass::Guaranteed, Pass::Shared { quantum: DRR_QUANTUM }];
+        let turns = [Pass::Guaranteed, Pass::Shared { quantum: TURN_QUANTUM }];
         for q in turns.iter().flat_map(|p| queues.iter().map(move |q| (q, *p))) {
             let (q, pass) = q;
             let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch, pass);

@@ -20,6 +20,10 @@ pub struct TxQos {
     pub throttled_until_ns: u64,
     /// Since when (ns) the queue waits for a receiver's RX buffers.
     pub blocked_since_ns: Option<u64>,
+    /// Until when (ns) the queue counts as contending for a congested
+    /// receiver (its frames were last held by one): its engine turns are
+    /// then fine-grained, so senders reach the receiver interleaved.
+    pub contending_until_ns: u64,
 }
 
 impl TxQos {

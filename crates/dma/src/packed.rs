@@ -124,6 +124,13 @@ pub struct PackedRing {
     /// First used descriptor of the batch not yet published: its position
     /// and the flags still to store there.
     batch_head: Option<(u16, u16)>,
+    /// Used descriptors not yet written to the ring: kept here and written
+    /// out together at publish, so each ring line (four descriptors, which
+    /// the driver is polling) is written in one short run instead of
+    /// frame by frame between copies, with the driver's reads bouncing it
+    /// back and forth in between.
+    shadow: Box<[UsedDesc; SHADOW]>,
+    shadow_n: usize,
     /// Used descriptor positions advanced since the last
     /// [`PackedRing::needs_interrupt`] (saturating).
     unsignalled: u32,
@@ -146,6 +153,18 @@ pub struct PackedRing {
 // through its Arc; a PackedRing is used by one thread at a time (`&mut
 // self` for every access that moves a position), so sending it is sound.
 unsafe impl Send for PackedRing {}
+
+/// Used descriptors a ring holds back before it writes them out.
+const SHADOW: usize = 64;
+
+/// A used descriptor waiting to be written: its position and contents.
+#[derive(Debug, Default, Clone, Copy)]
+struct UsedDesc {
+    slot: u16,
+    id: u16,
+    len: u32,
+    flags: u16,
+}
 
 /// Steps `pos` (< size) forward by `n` (<= size) with its wrap counter.
 #[inline]
@@ -219,6 +238,8 @@ impl PackedRing {
             next_used: idx,
             used_wrap: wrap,
             batch_head: None,
+            shadow: Box::new([UsedDesc::default(); SHADOW]),
+            shadow_n: 0,
             unsignalled: 0,
             signalled_valid: false,
             event_idx,
@@ -523,35 +544,20 @@ impl PackedRing {
         self.write_used(last.id, 0, ndesc.clamp(1, self.size as u32) as u16, chains);
     }
 
-    /// Writes one used descriptor (`id`, `len`) at the next used position
+    /// Queues one used descriptor (`id`, `len`) for the next used position
     /// and moves that position `ndesc` on, for `chains` chains returned.
     #[inline]
     fn write_used(&mut self, id: u16, len: u32, ndesc: u16, chains: u32) {
         debug_assert!(ndesc >= 1 && ndesc <= self.size);
-        let slot = self.next_used;
         let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
         if len > 0 {
             flags |= DESC_F_WRITE;
         }
-        let d = self.desc_ptr(slot);
-        // SAFETY: slot < size (next_used always is): the descriptor lies in
-        // the ring checked in `new`, 16-aligned, so the id and len fields
-        // are aligned. The slot belongs to a chain we took and have not
-        // returned, so the driver does not write it now; volatile writes.
-        unsafe {
-            d.add(OFF_ID).cast::<u16>().write_volatile(id.to_le());
-            d.add(OFF_LEN).cast::<u32>().write_volatile(len.to_le());
+        if self.shadow_n == SHADOW {
+            self.write_shadow();
         }
-        if self.batch_head.is_none() {
-            self.batch_head = Some((slot, flags));
-        } else {
-            // Not the first of the batch: the driver reads it only after
-            // the first one's flags, stored (release) after these. Release
-            // here too, so id and len are visible before these flags.
-            // SAFETY: as above; the flags field is 2-aligned, and only
-            // atomic accesses are made through it on our side.
-            unsafe { AtomicU16::from_ptr(d.add(OFF_FLAGS).cast()) }.store(flags.to_le(), Ordering::Release);
-        }
+        self.shadow[self.shadow_n] = UsedDesc { slot: self.next_used, id, len, flags };
+        self.shadow_n += 1;
         let ndesc = ndesc.clamp(1, self.size);
         (self.next_used, self.used_wrap) = advance(self.next_used, self.used_wrap, ndesc, self.size);
         self.unsignalled = self.unsignalled.saturating_add(ndesc as u32);
@@ -559,10 +565,46 @@ impl PackedRing {
         self.in_flight_desc = self.in_flight_desc.saturating_sub(ndesc as u32);
     }
 
-    /// Publishes every used descriptor written so far: stores the batch's
-    /// first flags with release.
+    /// Writes the queued used descriptors into the ring: every id and len,
+    /// then every flags but the batch's first, whose flags
+    /// [`PackedRing::publish_used`] stores last.
+    fn write_shadow(&mut self) {
+        let queued = &self.shadow[..self.shadow_n];
+        for u in queued {
+            let d = self.desc_ptr(u.slot);
+            // SAFETY: u.slot < size (a used position): the descriptor lies in
+            // the ring checked in `new`, 16-aligned, so the id and len
+            // fields are aligned. The slot belongs to a chain we took and
+            // have not returned, so the driver does not write it now;
+            // volatile writes.
+            unsafe {
+                d.add(OFF_ID).cast::<u16>().write_volatile(u.id.to_le());
+                d.add(OFF_LEN).cast::<u32>().write_volatile(u.len.to_le());
+            }
+        }
+        for u in queued {
+            if self.batch_head.is_none() {
+                self.batch_head = Some((u.slot, u.flags));
+                continue;
+            }
+            // Not the first of the batch: the driver reads it only after the
+            // first one's flags, stored (release) after these. Release here
+            // too, so id and len are visible before these flags.
+            // SAFETY: as above; the flags field is 2-aligned, and only
+            // atomic accesses are made through it on our side.
+            unsafe { AtomicU16::from_ptr(self.desc_ptr(u.slot).add(OFF_FLAGS).cast()) }
+                .store(u.flags.to_le(), Ordering::Release);
+        }
+        self.shadow_n = 0;
+    }
+
+    /// Publishes every used descriptor queued so far: writes them out and
+    /// stores the batch's first flags with release.
     #[inline]
     pub fn publish_used(&mut self) {
+        if self.shadow_n > 0 {
+            self.write_shadow();
+        }
         if let Some((slot, flags)) = self.batch_head.take() {
             // SAFETY: slot < size was a used position: its flags field is in
             // the ring checked in `new`, 2-aligned; only atomic accesses are
@@ -1081,6 +1123,30 @@ mod tests {
     }
 
     #[test]
+    fn more_used_descriptors_than_the_shadow_holds_all_arrive_in_order() {
+        let n = SHADOW as u16 * 2 + 3;
+        let mut d = Driver::new(256);
+        let mut r = d.ring(false);
+        let mut c = Chain::default();
+        for id in 0..n {
+            d.offer(id, &[(buf(id as u64 % 8), 100, DESC_F_WRITE)]);
+        }
+        for k in 0..n {
+            let t = r.pop_chain(&mut c, W, false).unwrap().unwrap();
+            assert_eq!(t.id, k);
+            r.push_used(t, 10 + k as u32);
+        }
+        // Some went out when the shadow filled, but the batch's first
+        // flags did not: the driver still sees nothing.
+        assert_eq!(d.take_used(), None);
+        r.publish_used();
+        for k in 0..n {
+            assert_eq!(d.take_used(), Some((k, 10 + k as u32, DESC_F_AVAIL | DESC_F_USED | DESC_F_WRITE)));
+        }
+        assert_eq!(d.take_used(), None);
+    }
+
+    #[test]
     fn used_descriptors_are_published_as_one_batch() {
         let mut d = Driver::new(8);
         let mut r = d.ring(false);
@@ -1095,8 +1161,10 @@ mod tests {
         r.push_used(t[2], 300);
         // Nothing visible at the driver's position until publish.
         assert_eq!(d.take_used(), None);
+        // Not even written: the ring still holds what the driver put there
+        // (the used descriptors go out together at publish).
         let (_, len, id, flags) = d.read_desc(0);
-        assert_eq!((len, id), (150, 4), "id and len are written at once");
+        assert_eq!((len, id), (100, 0xbeef), "written only at publish");
         assert_eq!(flags & (DESC_F_AVAIL | DESC_F_USED), DESC_F_AVAIL, "still the driver's flags");
         r.publish_used();
         // Layout: one used descriptor per chain, at positions 0, 2, 3.

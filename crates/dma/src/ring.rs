@@ -209,6 +209,10 @@ impl SplitRing {
             return;
         }
         let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
+        if n <= 1 {
+            // One chain is walked right away: nothing to overlap.
+            return;
+        }
         let mask = self.size - 1;
         for i in 0..n {
             let slot = (self.next_avail.wrapping_add(i) & mask) as usize;
@@ -237,6 +241,9 @@ impl SplitRing {
     #[inline]
     pub fn prefetch_buffers(&mut self, max: u16, write: bool) {
         let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max).min(self.size);
+        if n <= 1 {
+            return;
+        }
         let mask = self.size - 1;
         for i in 0..n {
             let slot = (self.next_avail.wrapping_add(i) & mask) as usize;

@@ -185,6 +185,22 @@ impl Chain {
         }
     }
 
+    /// Starts fetching bytes `from..to` of the chain's first segment (as
+    /// far as it goes), a cache line at a time: a large frame the engine
+    /// copies next, so its lines are on their way while the one before is
+    /// copied.
+    #[inline]
+    pub fn prefetch_range(&self, from: u64, to: u64) {
+        if let Some(s) = self.segs[..self.n].first() {
+            let mut off = from.min(s.len as u64) as usize;
+            let end = to.min(s.len as u64) as usize;
+            while off < end {
+                crate::copy::prefetch(s.ptr.wrapping_add(off));
+                off += 64;
+            }
+        }
+    }
+
     /// The translated segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segs[..self.n]

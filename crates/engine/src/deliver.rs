@@ -271,7 +271,14 @@ pub fn deliver_group_to<'f>(
     ring.prefetch_buffers(ahead, true);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
-    for frame in frames.by_ref() {
+    while let Some(frame) = frames.next() {
+        // A large next frame: its lines start coming while this one is
+        // copied (its first two were fetched when its chain was taken).
+        if let Some(Frame { src: Source::Chain { chain, offset }, len, .. }) = frames.peek() {
+            if *len > 128 {
+                chain.prefetch_range(128, offset + len);
+            }
+        }
         match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
             Ok(()) => {
                 packets += 1;

@@ -163,26 +163,30 @@ fn next_policy_version() -> u64 {
 /// that would wait for the engine's stores to guest memory to drain).
 #[derive(Debug, Default)]
 pub struct PolicyCache {
-    slots: Vec<Option<(u64, Policy)>>,
+    /// (version, policy) per VF; version 0 (never issued) = nothing cached.
+    slots: Vec<(u64, Policy)>,
 }
 
 impl PolicyCache {
     /// `f`'s current policy.
-    #[inline]
+    #[inline(always)]
     pub fn get(&mut self, f: &Function) -> Policy {
         // Acquire: the policy stored before this version is visible below.
         let v = f.policy_version.load(Ordering::Acquire);
+        match self.slots.get(f.id.0 as usize) {
+            Some((cv, p)) if *cv == v => *p,
+            _ => self.refresh(f, v),
+        }
+    }
+
+    #[cold]
+    fn refresh(&mut self, f: &Function, v: u64) -> Policy {
         let i = f.id.0 as usize;
-        if let Some(Some((cv, p))) = self.slots.get(i) {
-            if *cv == v {
-                return *p;
-            }
-        }
-        if i >= self.slots.len() {
-            self.slots.resize(i + 1, None);
-        }
         let p = f.policy();
-        self.slots[i] = Some((v, p));
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, (0, p));
+        }
+        self.slots[i] = (v, p);
         p
     }
 }

@@ -64,12 +64,13 @@ impl Virtqueue {
         }
     }
 
-    /// Look-ahead hint: the first line of the next `max` buffers (split
-    /// rings), for writing or reading.
+    /// Look-ahead hint: the first line of the next `max` buffers, for
+    /// writing or reading.
     #[inline]
     pub fn prefetch_buffers(&mut self, max: u16, write: bool) {
-        if let Virtqueue::Split(r) = self {
-            r.prefetch_buffers(max, write);
+        match self {
+            Virtqueue::Split(r) => r.prefetch_buffers(max, write),
+            Virtqueue::Packed(r) => r.prefetch_buffers(max, write),
         }
     }
 

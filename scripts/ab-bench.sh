@@ -21,7 +21,8 @@ set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 BIN_A BIN_B [PAIRS]" >&2; exit 2; }
 A=$1 B=$2 PAIRS=${3:-4}
 SECS=${SECS:-4} SIZE=${SIZE:-64} BURST=${BURST:-32} VU=${VU:-}
-MAC0=02:76:66:6e:00:00 MAC1=02:76:66:6e:00:01
+# shellcheck source=scripts/bench/mac-loop.sh
+. "$(dirname "$0")/bench/mac-loop.sh"
 OUT=$(mktemp -d /tmp/vfnic-ab.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
@@ -33,12 +34,7 @@ run() {
     "$bin" run --run-dir "$d/run" --engines 1 --engine-cpus 1 >"$d/vfnic.log" 2>&1 &
     vp=$!
     for _ in $(seq 50); do [ -S "$d/run/vf1.sock" ] && break; sleep 0.1; done
-    timeout -k 5 60 dpdk-testpmd -l 1,0 --main-lcore 1 -m 512 --no-pci --in-memory --single-file-segments \
-        --file-prefix="ab$$" \
-        --vdev "net_virtio_user0,path=$d/run/vf0.sock,queues=1,mac=$MAC0$VU" \
-        --vdev "net_virtio_user1,path=$d/run/vf1.sock,queues=1,mac=$MAC1$VU" -- \
-        --no-mlockall --total-num-mbufs=16384 --forward-mode=mac --eth-peer=0,"$MAC1" --eth-peer=1,"$MAC0" \
-        --tx-first --burst="$BURST" --txpkts="$SIZE" --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
+    mac_loop "$d/run" "ab$$" 60 --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
     tp=$!
     sleep 2
     "$bin" --run-dir "$d/run" --json engines >"$d/e0.json"

@@ -28,7 +28,8 @@ set -euo pipefail
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 2; }
 SECS=${SECS:-10} SIZE=${SIZE:-64} BURST=${BURST:-32} INFLIGHT=${INFLIGHT:-12}
 REPS=${REPS:-2} TOP=${TOP:-0} VU=${VU:-}
-MAC0=02:76:66:6e:00:00 MAC1=02:76:66:6e:00:01
+# shellcheck source=scripts/bench/mac-loop.sh
+. "$(dirname "$0")/bench/mac-loop.sh"
 OUT=$(mktemp -d /tmp/vfnic-ir.XXXXXX)
 trap 'pkill -f "file-prefix=ir$$" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
@@ -45,12 +46,7 @@ run() {
     for _ in $(seq 300); do [ -S "$d/run/vf1.sock" ] && break; sleep 0.1; done
     # Interactive, so that `start tx_first N` can seed N bursts; stdin stays
     # open until the run is over.
-    timeout -k 5 $((SECS + 60)) dpdk-testpmd -l 1,0 --main-lcore 1 -m 512 --no-pci --in-memory \
-        --single-file-segments --file-prefix="ir$$" \
-        --vdev "net_virtio_user0,path=$d/run/vf0.sock,queues=1,mac=$MAC0$VU" \
-        --vdev "net_virtio_user1,path=$d/run/vf1.sock,queues=1,mac=$MAC1$VU" -- \
-        --no-mlockall --total-num-mbufs=16384 --forward-mode=mac --eth-peer=0,"$MAC1" --eth-peer=1,"$MAC0" \
-        -i --cmdline-file="$d/seed.cmd" --burst="$BURST" --txpkts="$SIZE" \
+    mac_loop "$d/run" "ir$$" $((SECS + 60)) -i --cmdline-file="$d/seed.cmd" \
         < <(sleep $((SECS + 30))) >"$d/testpmd.log" 2>&1 &
     tp=$!
     sleep "$SECS"

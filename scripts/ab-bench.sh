@@ -31,9 +31,8 @@ run() {
     local bin=$1 d=$OUT/run vp tp
     rm -rf "$d"
     mkdir -p "$d/run"
-    "$bin" run --run-dir "$d/run" --engines 1 --engine-cpus 1 >"$d/vfnic.log" 2>&1 &
-    vp=$!
-    for _ in $(seq 50); do [ -S "$d/run/vf1.sock" ] && break; sleep 0.1; done
+    start_vfnic "$d/run" "$d/vfnic.log" "$bin"
+    vp=$VFNIC_PID
     mac_loop "$d/run" "ab$$" 60 --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
     tp=$!
     sleep 2

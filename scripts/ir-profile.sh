@@ -39,11 +39,9 @@ run() {
     rm -rf "$d"
     mkdir -p "$d/run"
     printf 'start tx_first %d\n' "$INFLIGHT" >"$d/seed.cmd"
-    valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" \
-        --toggle-collect='vfnic_engine::forward::process_tx' \
-        "$bin" run --run-dir "$d/run" --engines 1 --engine-cpus 1 >"$d/vfnic.log" 2>&1 &
-    vp=$!
-    for _ in $(seq 300); do [ -S "$d/run/vf1.sock" ] && break; sleep 0.1; done
+    start_vfnic "$d/run" "$d/vfnic.log" valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" \
+        --toggle-collect='vfnic_engine::forward::process_tx' "$bin"
+    vp=$VFNIC_PID
     # Interactive, so that `start tx_first N` can seed N bursts; stdin stays
     # open until the run is over.
     mac_loop "$d/run" "ir$$" $((SECS + 60)) -i --cmdline-file="$d/seed.cmd" \

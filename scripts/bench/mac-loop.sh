@@ -1,7 +1,8 @@
-# scripts/bench/mac-loop.sh — sourced by ab-bench.sh and ir-profile.sh: the
-# client they share, one dpdk-testpmd whose two net_virtio_user ports sit on
-# VF0's and VF1's sockets and loop frames in mac forward mode (each port's
-# frames addressed to the other VF, so every frame crosses the switch).
+# scripts/bench/mac-loop.sh — sourced by ab-bench.sh and ir-profile.sh: how
+# they start vfnic, and the client they share: one dpdk-testpmd whose two
+# net_virtio_user ports sit on VF0's and VF1's sockets and loop frames in mac
+# forward mode (each port's frames addressed to the other VF, so every frame
+# crosses the switch).
 
 MAC0=02:76:66:6e:00:00 MAC1=02:76:66:6e:00:01
 
@@ -17,4 +18,16 @@ mac_loop() {
         --vdev "net_virtio_user1,path=$dir/vf1.sock,queues=1,mac=$MAC1${VU:-}" -- \
         --no-mlockall --total-num-mbufs=16384 --forward-mode=mac --eth-peer=0,"$MAC1" --eth-peer=1,"$MAC0" \
         --burst="$BURST" --txpkts="$SIZE" "$@"
+}
+
+# start_vfnic RUN_DIR LOG COMMAND...: starts COMMAND (a vfnic binary, or a
+# wrapper such as valgrind and then the binary) with `run` and one engine
+# pinned to CPU 1, in the background (its pid in VFNIC_PID), and waits up
+# to 30 s for VF1's socket.
+start_vfnic() {
+    local dir=$1 log=$2
+    shift 2
+    "$@" run --run-dir "$dir" --engines 1 --engine-cpus 1 >"$log" 2>&1 &
+    VFNIC_PID=$!
+    for _ in $(seq 300); do [ -S "$dir/vf1.sock" ] && return 0; sleep 0.1; done
 }

@@ -177,12 +177,7 @@ impl Chain {
     /// the cross-core cache miss overlaps other work.
     #[inline]
     pub fn prefetch(&self) {
-        if let Some(s) = self.segs[..self.n].first() {
-            crate::copy::prefetch(s.ptr);
-            if s.len > 64 {
-                crate::copy::prefetch(s.ptr.wrapping_add(64));
-            }
-        }
+        self.prefetch_range(0, 128);
     }
 
     /// Starts fetching bytes `from..to` of the chain's first segment (as
@@ -260,12 +255,7 @@ impl Chain {
     #[inline]
     pub(crate) fn single(&mut self, mem: &GuestMemory, addr: u64, len: u32, flags: u16, access: Access) -> bool {
         let writable = flags & DESC_F_WRITE != 0;
-        let allowed = match access {
-            Access::DeviceReads => !writable,
-            Access::DeviceWrites => writable,
-            Access::Mixed => false,
-        };
-        if !allowed || len == 0 {
+        if !self.allows(access, writable) || len == 0 {
             return false;
         }
         match mem.translate(addr, len as u64) {
@@ -405,13 +395,7 @@ impl Chain {
 
     fn add_buffer(&mut self, mem: &GuestMemory, d: Desc, access: Access) -> Result<(), ChainError> {
         let writable = d.flags & DESC_F_WRITE != 0;
-        let allowed = match access {
-            Access::DeviceReads => !writable,
-            Access::DeviceWrites => writable,
-            // Readable buffers only before the first writable one.
-            Access::Mixed => writable || self.readable == self.len,
-        };
-        if !allowed {
+        if !self.allows(access, writable) {
             return Err(ChainError::Permission);
         }
         if d.addr.checked_add(d.len as u64).is_none() {
@@ -430,6 +414,17 @@ impl Chain {
             self.readable = self.len;
         }
         Ok(())
+    }
+
+    /// May the next buffer be `writable` (or not) for `access`?
+    #[inline]
+    fn allows(&self, access: Access, writable: bool) -> bool {
+        match access {
+            Access::DeviceReads => !writable,
+            Access::DeviceWrites => writable,
+            // Readable buffers only before the first writable one.
+            Access::Mixed => writable || self.readable == self.len,
+        }
     }
 
     fn push_segment(&mut self, ptr: *mut u8, len: u32) -> Result<(), ChainError> {

@@ -87,6 +87,17 @@ pub(crate) fn prefetch_write(p: *const u8) {
     let _ = p;
 }
 
+/// [`prefetch_write`] if `write`, else [`prefetch`]: a buffer the engine
+/// writes next (RX) or reads next.
+#[inline(always)]
+pub(crate) fn prefetch_for(p: *const u8, write: bool) {
+    if write {
+        prefetch_write(p);
+    } else {
+        prefetch(p);
+    }
+}
+
 /// A read/write position inside a chain.
 #[derive(Debug)]
 pub struct Cursor<'c> {

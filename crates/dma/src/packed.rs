@@ -372,11 +372,7 @@ impl PackedRing {
             if f & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
                 let (addr, _, _) = self.rest(slot);
                 if let Some((p, _)) = self.mem.translate_partial(addr) {
-                    if write {
-                        crate::copy::prefetch_write(p);
-                    } else {
-                        crate::copy::prefetch(p);
-                    }
+                    crate::copy::prefetch_for(p, write);
                 }
             }
             (slot, wrap) = advance(slot, wrap, 1, self.size);

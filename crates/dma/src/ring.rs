@@ -176,15 +176,22 @@ impl SplitRing {
     /// [`SplitRing::pending`] is non-zero.
     #[inline]
     pub fn pop_head(&mut self) -> Result<u16, RingError> {
-        let slot = (self.next_avail & (self.size - 1)) as usize;
-        // SAFETY: `4 + 2 * slot` is inside the avail area (slot < size) and
-        // 2-aligned; the read is a volatile copy of a u16.
-        let head = unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() };
+        let head = self.avail_entry(0);
         if head >= self.size {
             return Err(RingError::HeadIndex(head));
         }
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(head)
+    }
+
+    /// The avail ring's entry `ahead` places after the next one to take
+    /// (unchecked: a head as the driver wrote it).
+    #[inline]
+    fn avail_entry(&self, ahead: u16) -> u16 {
+        let slot = (self.next_avail.wrapping_add(ahead) & (self.size - 1)) as usize;
+        // SAFETY: `4 + 2 * slot` is inside the avail area (slot < size) and
+        // 2-aligned; the read is a volatile copy of a u16.
+        unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() }
     }
 
     /// True if a buffer is available, reading the driver's avail index only
@@ -215,10 +222,7 @@ impl SplitRing {
         }
         let mask = self.size - 1;
         for i in 0..n {
-            let slot = (self.next_avail.wrapping_add(i) & mask) as usize;
-            // SAFETY: `4 + 2 * slot` is inside the avail area (slot < size)
-            // and 2-aligned; a volatile copy of a u16.
-            let head = unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() };
+            let head = self.avail_entry(i);
             // Masked: a bad head is refused later by `pop_head`; the hint
             // stays inside the table.
             crate::copy::prefetch(self.desc.wrapping_add((head & mask) as usize).cast());
@@ -246,19 +250,12 @@ impl SplitRing {
         }
         let mask = self.size - 1;
         for i in 0..n {
-            let slot = (self.next_avail.wrapping_add(i) & mask) as usize;
-            // SAFETY: as in `prefetch_burst`.
-            let head = unsafe { self.avail.add(4 + 2 * slot).cast::<u16>().read_volatile() };
-            let d = self.desc(head & mask);
+            let d = self.desc(self.avail_entry(i) & mask);
             if d.flags & DESC_F_INDIRECT != 0 {
                 continue;
             }
             if let Some((p, _)) = self.mem.translate_partial(d.addr) {
-                if write {
-                    crate::copy::prefetch_write(p);
-                } else {
-                    crate::copy::prefetch(p);
-                }
+                crate::copy::prefetch_for(p, write);
             }
         }
     }

@@ -32,8 +32,8 @@ const EMPTY: Slot =
     Slot { start: AtomicUsize::new(0), end: AtomicUsize::new(0), page: AtomicUsize::new(0), hits: AtomicU64::new(0) };
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
 /// Set by the handler at its first contained SIGBUS, never cleared: until
-/// then no mapping is revoked and [`Registration::revoked`] (asked per
-/// frame on the data path) answers from this one flag.
+/// then no mapping is revoked, and `GuestMemory::revoked` (asked per frame
+/// on the data path) answers from this one flag.
 static ANY_HIT: AtomicBool = AtomicBool::new(false);
 static OLD_HANDLER: AtomicUsize = AtomicUsize::new(0);
 static OLD_FLAGS: AtomicUsize = AtomicUsize::new(0);
@@ -46,7 +46,7 @@ pub struct Registration(Option<usize>);
 impl Registration {
     /// True once a SIGBUS hit this mapping.
     pub fn revoked(&self) -> bool {
-        ANY_HIT.load(Ordering::Relaxed) && self.0.is_some_and(|i| TABLE[i].hits.load(Ordering::Relaxed) > 0)
+        self.0.is_some_and(|i| TABLE[i].hits.load(Ordering::Relaxed) > 0)
     }
 }
 

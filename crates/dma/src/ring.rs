@@ -210,15 +210,18 @@ impl SplitRing {
     /// used-ring lines their completions will be written to, so the
     /// cross-core misses of the whole burst overlap instead of coming one
     /// chain at a time. A hint only: nothing is taken or validated here.
+    /// Returns how many chains are available, up to `max` (the driver's
+    /// index read at most once), or `None` if that index is invalid (the
+    /// next pop says so).
     #[inline]
-    pub fn prefetch_burst(&mut self, max: u16) {
+    pub fn prefetch_burst(&mut self, max: u16) -> Option<u16> {
         if self.has_avail().is_err() {
-            return;
+            return None;
         }
         let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
         if n <= 1 {
             // One chain is walked right away: nothing to overlap.
-            return;
+            return Some(n);
         }
         let mask = self.size - 1;
         for i in 0..n {
@@ -234,6 +237,7 @@ impl SplitRing {
             crate::copy::prefetch_write(self.used.wrapping_add(4 + 8 * slot));
             k += 8 - (slot as u16 & 7);
         }
+        Some(n)
     }
 
     /// Second stage of the look-ahead (after [`SplitRing::prefetch_burst`]):

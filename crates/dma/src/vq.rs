@@ -56,11 +56,15 @@ impl Virtqueue {
 
     /// Look-ahead hint for a burst of up to `max` chains (split rings: their
     /// descriptors and used-ring lines; packed rings read descriptors in
-    /// order, which the hardware prefetcher follows).
+    /// order, which the hardware prefetcher follows). Returns how many
+    /// chains a split ring has available, up to `max`, from one read of
+    /// the driver's index; `None` when not known (a packed ring, or an
+    /// invalid index, which the next pop reports).
     #[inline]
-    pub fn prefetch_burst(&mut self, max: u16) {
-        if let Virtqueue::Split(r) = self {
-            r.prefetch_burst(max);
+    pub fn prefetch_burst(&mut self, max: u16) -> Option<u16> {
+        match self {
+            Virtqueue::Split(r) => r.prefetch_burst(max),
+            Virtqueue::Packed(_) => None,
         }
     }
 

@@ -1,7 +1,9 @@
 //! State shared by every engine: the switch and the port table.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use vfnic_op::Function;
@@ -43,7 +45,7 @@ impl Fabric {
     pub fn attach(&self, func: Arc<Function>) {
         let port = port_of(&func);
         self.bind(port, &func);
-        let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+        let mut ports = self.ports.write();
         let i = port.0 as usize;
         if ports.len() <= i {
             ports.resize(i + 1, None);
@@ -54,7 +56,7 @@ impl Fabric {
     /// Detaches the function on `port` and forgets its addresses.
     pub fn detach(&self, port: PortId) {
         let old = {
-            let mut ports = self.ports.write().unwrap_or_else(|e| e.into_inner());
+            let mut ports = self.ports.write();
             ports.get_mut(port.0 as usize).and_then(Option::take)
         };
         if old.is_some() {
@@ -99,13 +101,13 @@ impl Fabric {
     }
 
     /// Write access to the forwarding table.
-    pub fn fdb(&self) -> std::sync::RwLockWriteGuard<'_, Fdb> {
-        self.fdb.write().unwrap_or_else(|e| e.into_inner())
+    pub fn fdb(&self) -> RwLockWriteGuard<'_, Fdb> {
+        self.fdb.write()
     }
 
     /// The port table, for the length of a burst.
     pub fn ports(&self) -> RwLockReadGuard<'_, Vec<Option<Arc<Function>>>> {
-        self.ports.read().unwrap_or_else(|e| e.into_inner())
+        self.ports.read()
     }
 
     /// Milliseconds since the fabric was made (the switch's clock).
@@ -122,20 +124,20 @@ impl Fabric {
 
     /// Attaches an uplink to the switch (its port number is `uplink.id`).
     pub fn add_uplink(&self, uplink: Arc<Uplink>) {
-        let mut u = self.uplinks.write().unwrap_or_else(|e| e.into_inner());
+        let mut u = self.uplinks.write();
         u.retain(|x| x.id != uplink.id);
         u.push(uplink);
     }
 
     /// Detaches the uplink on `port` and forgets the addresses behind it.
     pub fn remove_uplink(&self, port: PortId) {
-        self.uplinks.write().unwrap_or_else(|e| e.into_inner()).retain(|x| x.id != port);
+        self.uplinks.write().retain(|x| x.id != port);
         self.fdb().flush_port(port);
     }
 
     /// The uplinks, for the length of a send.
     pub fn uplinks(&self) -> RwLockReadGuard<'_, Vec<Arc<Uplink>>> {
-        self.uplinks.read().unwrap_or_else(|e| e.into_inner())
+        self.uplinks.read()
     }
 
     /// The uplink on switch port `port`.
@@ -157,6 +159,6 @@ impl Fabric {
 
     /// The port of `mac` in `vlan`, VF or uplink.
     pub(crate) fn uplink_lookup(&self, mac: vfnic_types::MacAddr, vlan: u16) -> Option<PortId> {
-        self.fdb.read().unwrap_or_else(|e| e.into_inner()).lookup_vlan(vlan, mac)
+        self.fdb.read().lookup_vlan(vlan, mac)
     }
 }

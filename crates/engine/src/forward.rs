@@ -220,7 +220,7 @@ enum Receiver<'a> {
 }
 
 impl<'a> Receiver<'a> {
-    fn share(self) -> std::sync::MutexGuard<'a, vfnic_qos::Share> {
+    fn share(self) -> parking_lot::MutexGuard<'a, vfnic_qos::Share> {
         match self {
             Receiver::Vf(d) => d.share(),
             Receiver::Uplink(u) => u.share(),
@@ -349,8 +349,12 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut fault = None;
     let mut n = 0;
     let mut drained = false;
-    ring.prefetch_burst(BURST as u16);
-    while n < BURST {
+    // A split ring says how many chains it has (its index read once for
+    // the burst): taking them all empties the queue, with no call to find
+    // it empty. A packed ring is taken until a descriptor is not available.
+    let seen = ring.prefetch_burst(BURST as u16);
+    let limit = seen.map_or(BURST, usize::from);
+    while n < limit {
         match ring.pop_chain(&mut scratch.tx[n], Access::DeviceReads, indirect) {
             Ok(true) => {}
             Ok(false) => {
@@ -378,6 +382,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
         n += 1;
     }
+    if n < BURST && seen == Some(n as u16) {
+        drained = true;
+    }
     if let Pass::Shared { .. } = pass {
         // DRR: credit carries over while backlogged and is lost when the
         // queue runs dry.
@@ -401,7 +408,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     scratch.dest.clear();
     scratch.learn.clear();
     {
-        let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
+        let fdb = fabric.fdb.read();
         let generation = fdb.generation();
         let slot = ingress.0 as usize;
         if scratch.fdb_memo.len() <= slot {
@@ -536,7 +543,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     struct Run<'g> {
         p: u16,
         slot: Option<usize>,
-        share: std::sync::MutexGuard<'g, vfnic_qos::Share>,
+        share: parking_lot::MutexGuard<'g, vfnic_qos::Share>,
         open: bool,
     }
     let mut run: Option<Run<'_>> = None;
@@ -685,9 +692,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     }
     let mut any_flood = false;
     let mut any_unicast = false;
+    let mut any_uplink = false;
     for m in &scratch.dest {
         match m.dest {
-            Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => {}
+            Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => any_uplink = true,
             Dest::Port(p) => {
                 any_unicast = true;
                 if !scratch.ports.iter().any(|(q, _)| *q == p) {
@@ -791,7 +799,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // 3b. The physical port: frames for addresses behind an uplink, and
     // floods, leave through the uplinks (gathered into one buffer: the wire
     // needs them contiguous).
-    if fabric.has_uplinks() {
+    if any_uplink || (any_flood && fabric.has_uplinks()) {
         for (chain, m) in scratch.tx[..n].iter().zip(&scratch.dest) {
             let to = match m.dest {
                 Dest::Flood => None,

@@ -67,13 +67,13 @@ pub struct Uplink {
     pub speed: u32,
     /// Egress arbiter: the VFs sending out of this uplink share its line
     /// rate by weight and guarantee (`forward.rs` step 2b).
-    share: std::sync::Mutex<vfnic_qos::Share>,
+    share: parking_lot::Mutex<vfnic_qos::Share>,
 }
 
 impl Uplink {
     /// The egress arbiter of its line.
-    pub fn share(&self) -> std::sync::MutexGuard<'_, vfnic_qos::Share> {
-        self.share.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn share(&self) -> parking_lot::MutexGuard<'_, vfnic_qos::Share> {
+        self.share.lock()
     }
 
     /// Its counters.
@@ -381,7 +381,7 @@ fn burst(fabric: &Fabric, u: &Uplink, s: &mut PumpScratch) {
     s.dest.clear();
     s.learn.clear();
     {
-        let fdb = fabric.fdb.read().unwrap_or_else(|e| e.into_inner());
+        let fdb = fabric.fdb.read();
         for i in 0..s.rx.len() {
             let f = frame_of(&s.bufs, &s.rx, i);
             let dst = MacAddr::from_slice(&f[..6]).expect("6 bytes");

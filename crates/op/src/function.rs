@@ -223,7 +223,7 @@ pub struct Function {
     /// `min_tx_rate != 0`, for the engines' guarantee turn.
     guarantee: AtomicBool,
     /// Egress arbiter of this function as a receiver.
-    share: std::sync::Mutex<Share>,
+    share: parking_lot::Mutex<Share>,
     /// Until when (ns) the VF's own `max_tx_rate` shaper holds its
     /// transmit queues (receivers' arbiters do not wait for it meanwhile).
     tx_held_until_ns: AtomicU64,
@@ -274,7 +274,7 @@ impl Function {
             policy: arc_swap::ArcSwap::from_pointee(Policy::of(&settings)),
             policy_version: AtomicU64::new(next_policy_version()),
             guarantee: AtomicBool::new(settings.min_tx_rate != 0),
-            share: std::sync::Mutex::new(Share::default()),
+            share: parking_lot::Mutex::new(Share::default()),
             tx_held_until_ns: AtomicU64::new(0),
             settings: RwLock::new(settings),
             vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
@@ -327,8 +327,8 @@ impl Function {
     }
 
     /// The egress arbiter that shares this function among its senders.
-    pub fn share(&self) -> std::sync::MutexGuard<'_, Share> {
-        self.share.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn share(&self) -> parking_lot::MutexGuard<'_, Share> {
+        self.share.lock()
     }
 
     /// Its `max_tx_rate` shaper holds its transmit queues until `until_ns`.

@@ -1,6 +1,8 @@
 //! One virtqueue's context (a "queue context" of an SR-IOV NIC).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use vfnic_dma::{GuestMemory, RingAddrs, RingError, Virtqueue};
 
@@ -191,11 +193,12 @@ impl Vring {
         Vring { index, state: Mutex::new(VringState::default()) }
     }
 
-    /// Locks the queue context. A panic in an engine that held the lock
-    /// does not poison the queue for good: the state stays usable and the
-    /// engine faults the queue itself.
+    /// Locks the queue context (`parking_lot`: one atomic each way, no
+    /// poison bookkeeping, taken at least once per burst). A panic in an
+    /// engine that held the lock leaves the state usable: the engine
+    /// faults the queue itself.
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, VringState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 }

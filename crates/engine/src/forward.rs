@@ -565,15 +565,16 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                     None => continue,
                 }
             };
-            let slot = match rooms.iter().position(|r| r.0 == p) {
-                Some(k) => Some(k),
-                None => rooms.iter().position(|r| r.0 == u16::MAX).inspect(|&k| {
+            let mut slot = rooms.iter().position(|r| r.0 == p);
+            if slot.is_none() {
+                slot = rooms.iter().position(|r| r.0 == u16::MAX);
+                if let Some(k) = slot {
                     rooms[k] = match dst {
                         Receiver::Vf(d) => (p, rx_room(d, n as u16), scratch.policies.get(d).speed),
                         Receiver::Uplink(u) => (p, u16::MAX, u.speed),
-                    }
-                }),
-            };
+                    };
+                }
+            }
             drop(run.take());
             let mut share = dst.share();
             share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
@@ -626,10 +627,12 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         // The queue ran dry with all of it admitted: it no longer contends.
         // The receiver still locked first (mostly the only one), then the
         // others, one at a time.
-        let last = run.as_mut().filter(|r| rooms.iter().any(|x| x.0 == r.p)).map(|r| {
+        // (A run with a slot is in `rooms`; one without is not counted.)
+        let mut last = None;
+        if let Some(r) = run.as_mut().filter(|r| r.slot.is_some()) {
             r.share.idle(f.id.0);
-            r.p
-        });
+            last = Some(r.p);
+        }
         drop(run);
         for &(p, _, _) in rooms.iter().take_while(|r| r.0 != u16::MAX).filter(|r| Some(r.0) != last) {
             if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {

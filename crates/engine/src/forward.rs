@@ -565,6 +565,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                     None => continue,
                 }
             };
+            // The last receiver's arbiter is let go before this one's RX
+            // ring is locked (rx_room): delivery locks an RX ring, then its
+            // arbiter (mark_congested), so holding an arbiter while taking
+            // an RX ring could close a cycle between engines.
+            drop(run.take());
             let mut slot = rooms.iter().position(|r| r.0 == p);
             if slot.is_none() {
                 slot = rooms.iter().position(|r| r.0 == u16::MAX);
@@ -575,7 +580,6 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                     };
                 }
             }
-            drop(run.take());
             let mut share = dst.share();
             share.set_speed(slot.map_or(0, |k| rooms[k].2), now_ns);
             let open = pass != Pass::Guaranteed && !share.has_link() && !share.congested(now_ns);

@@ -350,8 +350,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut n = 0;
     let mut drained = false;
     // A split ring says how many chains it has (its index read once for
-    // the burst): taking them all empties the queue, with no call to find
-    // it empty. A packed ring is taken until a descriptor is not available.
+    // the burst): the burst takes those, with no call into `pop_chain` to
+    // find the queue empty. A packed ring is taken until a descriptor is
+    // not available.
     let seen = ring.prefetch_burst(BURST as u16);
     let limit = seen.map_or(BURST, usize::from);
     while n < limit {
@@ -383,7 +384,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         n += 1;
     }
     if n < BURST && seen == Some(n as u16) {
-        drained = true;
+        // All it showed is taken: drained unless the driver added more
+        // since (then the queue still contends and keeps its DRR credit).
+        drained = !ring.any_pending().unwrap_or(true);
     }
     if let Pass::Shared { .. } = pass {
         // DRR: credit carries over while backlogged and is lost when the

@@ -54,40 +54,54 @@ pub const GSO_TCPV6: u8 = 4;
 /// ECN bit of `gso_type`.
 pub const GSO_ECN: u8 = 0x80;
 
-/// Whether a driver with `features` may *send* a header with these fields.
+/// The feature bits that allow a header's offloads in one direction.
+struct OffloadBits {
+    csum: u32,
+    ecn: u32,
+    tso4: u32,
+    tso6: u32,
+}
+
+/// Whether `features` allow a header with these fields, by `bits`.
 #[inline]
-pub fn may_send(features: u64, flags: u8, gso_type: u8) -> bool {
+fn offloads_allowed(features: u64, flags: u8, gso_type: u8, bits: OffloadBits) -> bool {
     if flags | gso_type == 0 {
         // No offload asked for (nearly every frame): nothing to check.
         return true;
     }
-    let csum_ok = flags & HDR_F_NEEDS_CSUM == 0 || has(features, VIRTIO_NET_F_CSUM);
-    let ecn_ok = gso_type & GSO_ECN == 0 || has(features, VIRTIO_NET_F_HOST_ECN);
+    let csum_ok = flags & HDR_F_NEEDS_CSUM == 0 || has(features, bits.csum);
+    let ecn_ok = gso_type & GSO_ECN == 0 || has(features, bits.ecn);
     let gso_ok = match gso_type & !GSO_ECN {
         GSO_NONE => true,
-        GSO_TCPV4 => has(features, VIRTIO_NET_F_HOST_TSO4),
-        GSO_TCPV6 => has(features, VIRTIO_NET_F_HOST_TSO6),
+        GSO_TCPV4 => has(features, bits.tso4),
+        GSO_TCPV6 => has(features, bits.tso6),
         _ => false,
     };
     csum_ok && ecn_ok && gso_ok
 }
 
+/// Whether a driver with `features` may *send* a header with these fields.
+#[inline]
+pub fn may_send(features: u64, flags: u8, gso_type: u8) -> bool {
+    let bits = OffloadBits {
+        csum: VIRTIO_NET_F_CSUM,
+        ecn: VIRTIO_NET_F_HOST_ECN,
+        tso4: VIRTIO_NET_F_HOST_TSO4,
+        tso6: VIRTIO_NET_F_HOST_TSO6,
+    };
+    offloads_allowed(features, flags, gso_type, bits)
+}
+
 /// Whether a driver with `features` may *receive* a header with these fields.
 #[inline]
 pub fn may_receive(features: u64, flags: u8, gso_type: u8) -> bool {
-    if flags | gso_type == 0 {
-        // No offload asked for (nearly every frame): nothing to check.
-        return true;
-    }
-    let csum_ok = flags & HDR_F_NEEDS_CSUM == 0 || has(features, VIRTIO_NET_F_GUEST_CSUM);
-    let ecn_ok = gso_type & GSO_ECN == 0 || has(features, VIRTIO_NET_F_GUEST_ECN);
-    let gso_ok = match gso_type & !GSO_ECN {
-        GSO_NONE => true,
-        GSO_TCPV4 => has(features, VIRTIO_NET_F_GUEST_TSO4),
-        GSO_TCPV6 => has(features, VIRTIO_NET_F_GUEST_TSO6),
-        _ => false,
+    let bits = OffloadBits {
+        csum: VIRTIO_NET_F_GUEST_CSUM,
+        ecn: VIRTIO_NET_F_GUEST_ECN,
+        tso4: VIRTIO_NET_F_GUEST_TSO4,
+        tso6: VIRTIO_NET_F_GUEST_TSO6,
     };
-    csum_ok && ecn_ok && gso_ok
+    offloads_allowed(features, flags, gso_type, bits)
 }
 
 /// True if `features` has feature number `n`.

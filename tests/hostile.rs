@@ -824,6 +824,44 @@ fn tx_descriptor_outside_memory() {
     }
 }
 
+/// Good chains made available together with a bad one after them: the
+/// good ones are sent (in order), then the queue faults at the bad one.
+#[test]
+fn tx_good_chains_before_a_bad_one_are_sent_then_the_queue_faults() {
+    let (mut d, mut h) = setup();
+    let probe = attach(&d, VF);
+    let end = mem_end(&probe);
+    drop(probe);
+    wait_free(&d, VF);
+    let attack = move |_: &Daemon, v: &mut VirtioNet, h: &mut Healthy| {
+        let mut bufs = Vec::new();
+        for fill in [0x21u8, 0x22] {
+            let mut bytes = vec![0u8; 12];
+            bytes.extend(frame(vf_mac(2), vf_mac(VF), 60, fill));
+            let at = v.alloc_scratch(bytes.len() as u64, 64).unwrap();
+            v.write_mem(at, &bytes).unwrap();
+            bufs.push((at, bytes.len() as u32));
+        }
+        let good0 = [desc(5, bufs[0].0, bufs[0].1, 0, 0)];
+        let good1 = [desc(6, bufs[1].0, bufs[1].1, 0, 0)];
+        let bad = [desc(7, end, 64, 0, 0)];
+        v.post_tx_raw_chains(&[(&good0, 5), (&good1, 6), (&bad, 7)]).unwrap();
+        for fill in [0x21u8, 0x22] {
+            let got = h.a.recv_timeout(T).unwrap().expect("the good chains before the bad one are sent");
+            assert_eq!(got, frame(vf_mac(2), vf_mac(VF), 60, fill), "sent whole and in order");
+        }
+    };
+    fault_and_recover(
+        &mut d,
+        &mut h,
+        "good, good, out of bounds",
+        Options::default(),
+        tx_fault("desc_out_of_bounds", Some(7)),
+        attack,
+        no_check,
+    );
+}
+
 #[test]
 fn tx_chain_loops() {
     let (mut d, mut h) = setup();

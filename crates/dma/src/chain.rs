@@ -180,6 +180,19 @@ impl Chain {
         self.prefetch_range(0, 128);
     }
 
+    /// [`Chain::prefetch`], for writing if `write` (an RX buffer the
+    /// engine writes next: its lines are asked for in exclusive state,
+    /// which saves the second miss of a read followed by a write).
+    #[inline]
+    pub fn prefetch_for(&self, write: bool) {
+        if let Some(s) = self.segs[..self.n].first() {
+            crate::copy::prefetch_for(s.ptr, write);
+            if s.len > 64 {
+                crate::copy::prefetch_for(s.ptr.wrapping_add(64), write);
+            }
+        }
+    }
+
     /// Starts fetching bytes `from..to` of the chain's first segment (as
     /// far as it goes), a cache line at a time: a large frame the engine
     /// copies next, so its lines are on their way while the one before is

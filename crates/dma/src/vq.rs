@@ -108,6 +108,22 @@ impl Virtqueue {
         }
     }
 
+    /// Takes up to `chains.len()` available chains into `chains`, in order,
+    /// as [`Virtqueue::pop_chain`] would one by one, and starts fetching the
+    /// first two cache lines of each one's buffer (for writing if `access`
+    /// is [`Access::DeviceWrites`]). One call per group of chains: the
+    /// ring's layout is matched once and the walk's registers are saved
+    /// once, not per chain. Returns how many were taken and, if a chain was
+    /// malformed, the error that ended the group (the chains before it are
+    /// good; the queue must be faulted once they are handled).
+    #[inline]
+    pub fn pop_burst(&mut self, chains: &mut [Chain], access: Access, indirect_ok: bool) -> (usize, Option<PopError>) {
+        match self {
+            Virtqueue::Split(r) => split_pop_burst(r, chains, access, indirect_ok),
+            Virtqueue::Packed(r) => packed_pop_burst(r, chains, access, indirect_ok),
+        }
+    }
+
     /// Completes `chain` with `len` bytes written (visible at publish).
     #[inline]
     pub fn complete(&mut self, chain: &Chain, len: u32) {
@@ -174,5 +190,98 @@ impl Virtqueue {
             Virtqueue::Split(r) => r.next_avail(),
             Virtqueue::Packed(r) => r.next_avail_state(),
         }
+    }
+}
+
+/// [`Virtqueue::pop_burst`] for a split ring (each layout has its own
+/// loop, so neither pays for the other's registers).
+#[inline(never)]
+fn split_pop_burst(
+    r: &mut SplitRing,
+    chains: &mut [Chain],
+    access: Access,
+    indirect_ok: bool,
+) -> (usize, Option<PopError>) {
+    let write = access == Access::DeviceWrites;
+    let mut n = 0;
+    while n < chains.len() {
+        match r.has_avail() {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return (n, Some(e.into())),
+        }
+        let head = match r.pop_head() {
+            Ok(h) => h,
+            Err(e) => return (n, Some(e.into())),
+        };
+        if let Err(e) = chains[n].walk(r, head, access, indirect_ok) {
+            r.push_used(head, 0);
+            return (n, Some(e.into()));
+        }
+        chains[n].prefetch_for(write);
+        n += 1;
+    }
+    (n, None)
+}
+
+/// [`Virtqueue::pop_burst`] for a packed ring.
+#[inline(never)]
+fn packed_pop_burst(
+    r: &mut PackedRing,
+    chains: &mut [Chain],
+    access: Access,
+    indirect_ok: bool,
+) -> (usize, Option<PopError>) {
+    let write = access == Access::DeviceWrites;
+    let mut n = 0;
+    while n < chains.len() {
+        match r.pop_chain(&mut chains[n], access, indirect_ok) {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => return (n, Some(e)),
+        }
+        chains[n].prefetch_for(write);
+        n += 1;
+    }
+    (n, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::ChainError;
+    use crate::ring::tests::{TestRing, BUF_OFF, GPA};
+    use crate::ring::Desc;
+
+    #[test]
+    fn pop_burst_takes_what_is_available_and_stops_at_a_bad_chain() {
+        let t = TestRing::new(8);
+        let mut q = Virtqueue::Split(t.ring(false));
+        let mut chains: Vec<Chain> = (0..8).map(|_| Chain::default()).collect();
+        for i in 0..4u16 {
+            t.set_desc(i, Desc { addr: GPA + BUF_OFF + 256 * i as u64, len: 60 + i as u32, flags: 0, next: 0 });
+        }
+        // Two chains available: a burst of eight takes those two, in order.
+        t.publish(0, &[2, 0]);
+        let (n, e) = q.pop_burst(&mut chains, Access::DeviceReads, false);
+        assert!(e.is_none());
+        assert_eq!((n, chains[0].head(), chains[1].head(), chains[1].len()), (2, 2, 0, 60));
+        // A good chain, then one outside memory, then a good one: the burst
+        // ends at the bad one with its error; the good one before is taken.
+        t.set_desc(3, Desc { addr: GPA + (1 << 20), len: 64, flags: 0, next: 0 });
+        t.publish(2, &[1, 3, 0]);
+        let (n, e) = q.pop_burst(&mut chains, Access::DeviceReads, false);
+        assert_eq!(n, 1);
+        assert_eq!(chains[0].head(), 1);
+        assert!(matches!(e, Some(PopError::Chain(ChainError::OutOfBounds))), "{e:?}");
+        // The bad chain was returned unused at once (visible at publish).
+        q.publish_used();
+        assert_eq!(t.used_idx(), 1);
+        assert_eq!(t.used_elem(0), (3, 0));
+        // A group smaller than what is available takes only its size.
+        t.publish(5, &[2]);
+        let (n, e) = q.pop_burst(&mut chains[..1], Access::DeviceReads, false);
+        assert_eq!((n, chains[0].head(), e.is_none()), (1, 0, true));
+        assert_eq!(q.room(8), 1);
     }
 }

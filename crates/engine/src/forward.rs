@@ -23,6 +23,8 @@ use crate::rss;
 
 /// Most chains taken from one TX queue before the engine moves on.
 pub const BURST: usize = 64;
+/// Chains a turn with a budget takes in its first group (see `process_tx`).
+const FIRST_GROUP: usize = 8;
 /// Ethernet header length.
 const ETH_HLEN: u64 = 14;
 /// Room for a VLAN tag on top of the MTU.
@@ -355,33 +357,68 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // not available.
     let seen = ring.prefetch_burst(BURST as u16);
     let limit = seen.map_or(BURST, usize::from);
+    // Chains are taken a group at a time (`Virtqueue::pop_burst`) and then
+    // admitted one by one; those taken and not admitted go back. The first
+    // group of a turn with a budget is small, the next ones sized by the
+    // frames seen, so a turn of a few large frames takes few more than it
+    // sends.
+    let mut taken = 0;
+    let mut admitted = 0u64;
+    let mut pop_err = None;
     while n < limit {
-        match ring.pop_chain(&mut scratch.tx[n], Access::DeviceReads, indirect) {
-            Ok(true) => {}
-            Ok(false) => {
-                drained = true;
+        if n == taken {
+            if pop_err.is_some() {
                 break;
             }
-            Err(e) => {
-                if matches!(e, PopError::Chain(_)) {
-                    f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
+            let want = if budget == u64::MAX {
+                limit - n
+            } else if n == 0 {
+                FIRST_GROUP.min(limit)
+            } else {
+                // The budget left over the mean frame length so far, plus
+                // one to find where the turn ends.
+                let avg = (admitted / n as u64).max(ETH_HLEN);
+                ((budget / avg) as usize + 1).clamp(1, limit - n)
+            };
+            let (k, e) = ring.pop_burst(&mut scratch.tx[n..n + want], Access::DeviceReads, indirect);
+            taken = n + k;
+            pop_err = e;
+            if k == 0 {
+                match pop_err {
+                    None => drained = true,
+                    Some(e) => {
+                        if matches!(e, PopError::Chain(_)) {
+                            f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
+                        }
+                        fault = Some(e.kind());
+                    }
                 }
-                fault = Some(e.kind());
                 break;
             }
         }
-        scratch.tx[n].prefetch();
         let len = scratch.tx[n].len().saturating_sub(hdr_len);
         let shaped_until = qos.throttled_until_ns;
         if !admit(qos, pass, &mut budget, len, now_ns) {
-            ring.unpop(1);
+            if pop_err.is_none() {
+                ring.unpop((taken - n) as u16);
+            }
             if qos.throttled_until_ns != shaped_until {
                 // Its max_tx_rate holds it (the other refusals end a turn).
                 f.counters.hold_frames(HoldReason::RateLimited, 1);
             }
             break;
         }
+        admitted += len;
         n += 1;
+    }
+    if let Some(e) = pop_err.filter(|_| fault.is_none()) {
+        // A malformed chain ended the last group: the queue is faulted once
+        // the chains admitted before it are sent (any others stay taken: the
+        // queue stops until the tenant resets it).
+        if matches!(e, PopError::Chain(_)) {
+            f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
+        }
+        fault = Some(e.kind());
     }
     if n < BURST && seen == Some(n as u16) {
         // All it showed is taken: drained unless the driver added more

@@ -841,6 +841,21 @@ impl VirtioNet {
         self.kick(TX_QUEUE)
     }
 
+    /// Hostile-test hook: like [`Self::post_tx_raw`] with several chains
+    /// (each its descriptors and head), made available together in this
+    /// order: one avail index store and one kick, so the device sees them
+    /// in one burst.
+    pub fn post_tx_raw_chains(&mut self, chains: &[(&[RawDesc], u16)]) -> Result<()> {
+        let _ = self.reclaim_tx();
+        for &(descs, head) in chains {
+            self.tx.ring.add_raw(&self.mem, descs, head)?;
+            self.tx.ring.push_avail(&self.mem, head)?;
+        }
+        self.tx.ring.publish(&self.mem)?;
+        self.tx.ring.needs_kick(&self.mem)?;
+        self.kick(TX_QUEUE)
+    }
+
     /// Hostile-test hook: like [`Self::post_tx_raw`] on the RX queue (e.g. buffers not
     /// marked WRITE, or shorter than the header). Needs free RX slots: open the device
     /// with `fill_rx: false`.

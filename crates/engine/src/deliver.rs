@@ -279,7 +279,7 @@ pub fn deliver_group_to<'f>(
                 chain.prefetch_range(128, offset + len);
             }
         }
-        match fill(ring, frame, hdr_len, mergeable, indirect, scratch) {
+        match fill(ring, &frame, hdr_len, mergeable, indirect, scratch) {
             Ok(()) => {
                 packets += 1;
                 bytes += frame.out_len();
@@ -394,7 +394,7 @@ enum Fill {
 #[inline]
 fn fill(
     ring: &mut Virtqueue,
-    frame: Frame<'_>,
+    frame: &Frame<'_>,
     hdr_len: u64,
     mergeable: bool,
     indirect: bool,

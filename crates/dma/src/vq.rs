@@ -145,7 +145,8 @@ impl Virtqueue {
                 let ndesc = chains.iter().map(|c| c.token().ndesc as u32).sum();
                 r.push_used_in_order(last.token(), chains.len() as u32, ndesc);
             }
-            (q, _) => chains.iter().for_each(|c| q.complete(c, 0)),
+            (Virtqueue::Split(r), _) => chains.iter().for_each(|c| r.push_used(c.head(), 0)),
+            (Virtqueue::Packed(r), _) => chains.iter().for_each(|c| r.push_used(c.token(), 0)),
         }
     }
 

@@ -447,6 +447,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
     scratch.dest.clear();
     scratch.learn.clear();
+    // Some frame of the burst asks for a checksum or segmentation offload.
+    let mut any_offload = false;
     {
         let fdb = fabric.fdb.read();
         let generation = fdb.generation();
@@ -488,6 +490,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let flags = vh.flags & features::HDR_F_NEEDS_CSUM;
             let offload = VirtioNetHdr { flags, num_buffers: 0, ..vh };
             let wants_offload = flags != 0 || vh.gso_type != features::GSO_NONE;
+            any_offload |= wants_offload;
             let gso = vh.gso_type & !features::GSO_ECN != features::GSO_NONE;
             let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
             let src = MacAddr::from_slice(&eth[6..12]).expect("6 bytes");
@@ -805,7 +808,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         };
         scratch.hashes.clear();
         scratch.hashes.resize(n, None);
-        if scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
+        if !any_offload || scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
             // Fast path: the receiver takes every offload as it is (or there
             // is none): one group per RX queue, one copy each, headers passed
             // through.

@@ -11,26 +11,34 @@ use crate::chain::Chain;
 
 /// Copies `n` bytes from `src` to `dst`. Frames are mostly short and the
 /// header writes tiny, so up to 64 bytes (one cache line) are moved with
-/// unaligned 16-byte words (8-byte ones below 16 bytes), the last word
-/// ending at `n` and overlapping bytes already copied, instead of a call
-/// into `memcpy`; longer copies use `memcpy`, which streams whole cache
-/// lines.
+/// two or four unaligned 16-byte words (two 8-byte ones below 16 bytes),
+/// the first ones from the start and the last ones ending at `n`, which
+/// overlap where `n` is not a multiple of 16 (no loop, no call); longer
+/// copies use `memcpy`, which streams whole cache lines.
 ///
 /// # Safety
 /// `src..src+n` must be readable and `dst..dst+n` writable, and the two
 /// ranges must not overlap.
 #[inline(always)]
 unsafe fn copy_bytes(src: *const u8, dst: *mut u8, n: usize) {
+    /// Copies the 16 bytes at offset `at`. SAFETY: the caller keeps
+    /// `at + 16 <= n`, inside both ranges.
+    #[inline(always)]
+    unsafe fn word(src: *const u8, dst: *mut u8, at: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { dst.add(at).cast::<u128>().write_unaligned(src.add(at).cast::<u128>().read_unaligned()) };
+    }
     if (16..=64).contains(&n) {
-        let mut i = 0;
-        while i + 16 < n {
-            // SAFETY: i + 16 < n, inside both ranges (caller's contract).
-            unsafe { dst.add(i).cast::<u128>().write_unaligned(src.add(i).cast::<u128>().read_unaligned()) };
-            i += 16;
+        // SAFETY: n >= 16 covers 0 .. 16 and n - 16 .. n; n > 32 covers
+        // 16 .. 32 and n - 32 .. n - 16; all inside both ranges.
+        unsafe {
+            word(src, dst, 0);
+            if n > 32 {
+                word(src, dst, 16);
+                word(src, dst, n - 32);
+            }
+            word(src, dst, n - 16);
         }
-        // The last word ends at n. SAFETY: n >= 16, so n - 16 .. n is
-        // inside both ranges.
-        unsafe { dst.add(n - 16).cast::<u128>().write_unaligned(src.add(n - 16).cast::<u128>().read_unaligned()) };
     } else if (8..16).contains(&n) {
         // SAFETY: n >= 8, so 0 .. 8 and n - 8 .. n are inside both ranges.
         unsafe {

@@ -806,8 +806,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             });
             active[h as usize % active.len()]
         };
-        scratch.hashes.clear();
-        scratch.hashes.resize(n, None);
+        if active.len() >= 2 {
+            scratch.hashes.clear();
+            scratch.hashes.resize(n, None);
+        }
         if !any_offload || scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
             // Fast path: the receiver takes every offload as it is (or there
             // is none): one group per RX queue, one copy each, headers passed

@@ -53,8 +53,6 @@ pub const EVENT_FLAGS_DESC: u16 = 2;
 /// Bit 15 of a ring state (`SET/GET_VRING_BASE`) and of an event `off_wrap`:
 /// the wrap counter; bits 0-14 are the descriptor index.
 pub const WRAP_BIT: u16 = 1 << 15;
-/// How many of the latest pops [`PackedRing::unpop`] can give back.
-pub const UNPOP_DEPTH: usize = 64;
 
 // Offsets of the `pvirtq_desc` fields.
 const OFF_ADDR: usize = 0;
@@ -137,11 +135,6 @@ pub struct PackedRing {
     /// False until the first [`PackedRing::needs_interrupt`].
     signalled_valid: bool,
     event_idx: bool,
-    /// Ring descriptors taken by each of the latest pops (a circular
-    /// history for [`PackedRing::unpop`]).
-    popped: [u16; UNPOP_DEPTH],
-    popped_at: usize,
-    popped_n: usize,
     /// Pops minus pushes: how many tokens may still be given back.
     in_flight: u32,
     /// Ring descriptors taken and not yet returned: a new chain must fit
@@ -243,9 +236,6 @@ impl PackedRing {
             unsignalled: 0,
             signalled_valid: false,
             event_idx,
-            popped: [0; UNPOP_DEPTH],
-            popped_at: 0,
-            popped_n: 0,
             in_flight: 0,
             in_flight_desc: 0,
         })
@@ -441,14 +431,10 @@ impl PackedRing {
         }
     }
 
-    /// Moves the avail position past a chain just taken, remembering it
-    /// for [`PackedRing::unpop`].
+    /// Moves the avail position past a chain just taken.
     #[inline]
     fn took(&mut self, token: Token) {
         (self.next_avail, self.avail_wrap) = advance(self.next_avail, self.avail_wrap, token.ndesc, self.size);
-        self.popped[self.popped_at] = token.ndesc;
-        self.popped_at = (self.popped_at + 1) % UNPOP_DEPTH;
-        self.popped_n = (self.popped_n + 1).min(UNPOP_DEPTH);
         self.in_flight += 1;
         self.in_flight_desc += token.ndesc as u32;
     }
@@ -523,29 +509,26 @@ impl PackedRing {
         true
     }
 
-    /// Gives back the last `n` chains taken by [`PackedRing::pop_chain`]
-    /// and not yet returned with [`PackedRing::push_used`] (the
-    /// destination had no room): they are taken again next time. At most
-    /// [`UNPOP_DEPTH`] can be given back.
+    /// Gives back the last `chains` chains taken by
+    /// [`PackedRing::pop_chain`] and not yet returned with
+    /// [`PackedRing::push_used`] (the destination had no room), `ndesc` ring
+    /// descriptors in all (the sum of their tokens' `ndesc`): they are
+    /// taken again next time. The caller holds the chains, so the ring
+    /// keeps no history of its pops.
     ///
     /// # Panics
-    /// If `n` is more than the chains taken and not yet pushed, or more
-    /// than [`UNPOP_DEPTH`]: a bug in the caller.
-    pub fn unpop(&mut self, n: u16) {
+    /// If more chains or descriptors are given back than are taken and
+    /// not yet pushed: a bug in the caller.
+    pub fn unpop(&mut self, chains: u32, ndesc: u32) {
         assert!(
-            n as usize <= self.popped_n && n as u32 <= self.in_flight,
-            "unpop({n}) with {} chains in flight and {} remembered",
+            chains <= self.in_flight && ndesc <= self.in_flight_desc && ndesc >= chains,
+            "unpop({chains} chains, {ndesc} descriptors) with {} chains and {} descriptors in flight",
             self.in_flight,
-            self.popped_n
+            self.in_flight_desc
         );
-        for _ in 0..n {
-            self.popped_at = (self.popped_at + UNPOP_DEPTH - 1) % UNPOP_DEPTH;
-            let k = self.popped[self.popped_at];
-            (self.next_avail, self.avail_wrap) = retreat(self.next_avail, self.avail_wrap, k, self.size);
-            self.in_flight_desc -= k as u32;
-        }
-        self.popped_n -= n as usize;
-        self.in_flight -= n as u32;
+        (self.next_avail, self.avail_wrap) = retreat(self.next_avail, self.avail_wrap, ndesc as u16, self.size);
+        self.in_flight -= chains;
+        self.in_flight_desc -= ndesc;
     }
 
     /// Returns a chain: writes its used descriptor (buffer id, `len` bytes
@@ -1254,10 +1237,10 @@ mod tests {
         let t1 = r.pop_chain(&mut c, R, false).unwrap().unwrap();
         let t2 = r.pop_chain(&mut c, R, false).unwrap().unwrap();
         assert_eq!(r.next_avail_state(), 2);
-        r.unpop(2);
+        r.unpop(2, 3);
         assert_eq!(r.next_avail_state(), 3 | WRAP_BIT);
         assert_eq!(r.pop_chain(&mut c, R, false).unwrap(), Some(t1));
-        r.unpop(1);
+        r.unpop(1, 2);
         assert_eq!(r.pop_chain(&mut c, R, false).unwrap(), Some(t1));
         assert_eq!(r.pop_chain(&mut c, R, false).unwrap(), Some(t2));
         r.push_used(t1, 0);
@@ -1276,7 +1259,7 @@ mod tests {
         d.offer(0, &[(buf(0), 10, 0)]);
         let t = r.pop_chain(&mut c, R, false).unwrap().unwrap();
         r.push_used(t, 0);
-        r.unpop(1);
+        r.unpop(1, 1);
     }
 
     #[test]
@@ -1412,7 +1395,8 @@ mod tests {
             }
             if !taken.is_empty() && rnd(4) == 0 {
                 let back = 1 + rnd(taken.len() as u32) as usize;
-                r.unpop(back as u16);
+                let ndesc = taken[taken.len() - back..].iter().map(|t| t.ndesc as u32).sum();
+                r.unpop(back as u32, ndesc);
                 for t in taken.drain(taken.len() - back..).rev() {
                     expect.push_front((t.id, t.ndesc));
                 }

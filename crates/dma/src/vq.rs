@@ -150,11 +150,15 @@ impl Virtqueue {
         }
     }
 
-    /// Gives back the last `n` chains taken and not completed.
-    pub fn unpop(&mut self, n: u16) {
+    /// Gives back `chains`, the last ones taken and not completed: they
+    /// are taken again next time.
+    #[inline]
+    pub fn unpop(&mut self, chains: &[Chain]) {
         match self {
-            Virtqueue::Split(r) => r.unpop(n),
-            Virtqueue::Packed(r) => r.unpop(n),
+            Virtqueue::Split(r) => r.unpop(chains.len() as u16),
+            Virtqueue::Packed(r) => {
+                r.unpop(chains.len() as u32, chains.iter().map(|c| c.token().ndesc as u32).sum())
+            }
         }
     }
 

@@ -13,9 +13,8 @@ use vfnic_types::{DropReason, ErrorKind};
 
 /// Most RX buffers one frame may be merged over (`MRG_RXBUF`).
 /// 64 buffers of the smallest size drivers post for mergeable RX (Linux
-/// and DPDK: >= 1536 bytes) hold a 64 KiB GSO segment; and a packed ring can
-/// give back at most that many chains taken for a frame that did not fit.
-pub const MAX_MERGE: usize = vfnic_dma::packed::UNPOP_DEPTH;
+/// and DPDK: >= 1536 bytes) hold a 64 KiB GSO segment.
+pub const MAX_MERGE: usize = 64;
 
 /// Reusable RX chains, so delivering allocates nothing.
 pub struct RxScratch {
@@ -432,7 +431,7 @@ fn fill(
     if capacity < need {
         if ran_out {
             // Not enough buffers yet: leave them for the next frame.
-            ring.unpop(taken as u16);
+            ring.unpop(&scratch.chains[..taken]);
             return Err(Fill::Drop(DropReason::RxNoBuffer));
         }
         for c in &scratch.chains[..taken] {

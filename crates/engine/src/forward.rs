@@ -400,7 +400,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let shaped_until = qos.throttled_until_ns;
         if !admit(qos, pass, &mut budget, len, now_ns) {
             if pop_err.is_none() {
-                ring.unpop((taken - n) as u16);
+                ring.unpop(&scratch.tx[n..taken]);
             }
             if qos.throttled_until_ns != shaped_until {
                 // Its max_tx_rate holds it (the other refusals end a turn).
@@ -711,7 +711,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 Pass::Shared { .. } => qos.deficit = qos.deficit.saturating_add(back),
                 Pass::Unlimited => {}
             }
-            ring.unpop((n - cut) as u16);
+            ring.unpop(&scratch.tx[cut..n]);
             f.counters.hold_frames(hold, (n - cut) as u64);
             qos.contending_until_ns = now_ns + CONTENDING_NS;
             n = cut;

@@ -1094,6 +1094,50 @@ fn rx_buffers_not_writable_are_never_written() {
     );
 }
 
+/// Two good RX buffers and then one outside memory, and three frames sent in
+/// one burst: the good buffers get the first two frames (a group's RX chains
+/// are taken together, before any is written), then the queue faults.
+#[test]
+fn rx_good_buffers_before_a_bad_one_are_filled_then_the_queue_faults() {
+    let (mut d, mut h) = setup();
+    let probe = attach(&d, VF);
+    let end = mem_end(&probe);
+    drop(probe);
+    wait_free(&d, VF);
+    let opts = Options { fill_rx: false, ..Options::default() };
+    let frames: Vec<Vec<u8>> = (1..=3u8).map(|k| frame(vf_mac(VF), vf_mac(2), 100, k)).collect();
+    let bufs = std::cell::Cell::new([0u64; 2]);
+    fault_and_recover(
+        &mut d,
+        &mut h,
+        "good, good, out of bounds RX buffers",
+        opts,
+        rx_fault("desc_out_of_bounds"),
+        |_, v, h| {
+            let good = [v.alloc_scratch(2048, 64).unwrap(), v.alloc_scratch(2048, 64).unwrap()];
+            bufs.set(good);
+            v.post_rx_raw(&[desc(0, good[0], 2048, DESC_F_WRITE, 0)], 0).unwrap();
+            v.post_rx_raw(&[desc(1, good[1], 2048, DESC_F_WRITE, 0)], 1).unwrap();
+            v.post_rx_raw(&[desc(2, end, 2048, DESC_F_WRITE, 0)], 2).unwrap();
+            h.a.send_burst(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+        },
+        |v| {
+            // Used elements in any order (no IN_ORDER): each buffer once.
+            let mut used: Vec<(u32, u32)> = (0..3)
+                .map(|_| v.pop_rx_used().unwrap().map(|u| (u.id, u.len)).expect("all three given back"))
+                .collect();
+            used.sort_unstable();
+            let hdr = v.hdr_len();
+            let filled = (hdr + frames[0].len()) as u32;
+            assert_eq!(used, [(0, filled), (1, filled), (2, 0)], "good buffers filled, the bad one given back empty");
+            for (k, at) in bufs.get().into_iter().enumerate() {
+                let got = v.read_mem(at + hdr as u64, frames[k].len()).unwrap();
+                assert_eq!(got, frames[k], "buffer {k} holds frame {k}, in order");
+            }
+        },
+    );
+}
+
 #[test]
 fn rx_buffer_smaller_than_the_header_is_refused_not_half_written() {
     let (mut d, mut h) = setup();

@@ -156,9 +156,7 @@ impl Virtqueue {
     pub fn unpop(&mut self, chains: &[Chain]) {
         match self {
             Virtqueue::Split(r) => r.unpop(chains.len() as u16),
-            Virtqueue::Packed(r) => {
-                r.unpop(chains.len() as u32, chains.iter().map(|c| c.token().ndesc as u32).sum())
-            }
+            Virtqueue::Packed(r) => r.unpop(chains.len() as u32, chains.iter().map(|c| c.token().ndesc as u32).sum()),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
-use vfnic_dma::{Chain, Virtqueue};
+use vfnic_dma::{Chain, PopError, Virtqueue};
 
 use vfnic_dma::tsc;
 use vfnic_offload::VirtioNetHdr;
@@ -16,15 +16,35 @@ use vfnic_types::{DropReason, ErrorKind};
 /// and DPDK: >= 1536 bytes) hold a 64 KiB GSO segment.
 pub const MAX_MERGE: usize = 64;
 
-/// Reusable RX chains, so delivering allocates nothing.
+/// Most RX chains a group takes before its first frame is written (one
+/// per frame; frames merged over several buffers take the rest as they
+/// go).
+const AHEAD: usize = 64;
+
+/// RX chains (reused, so delivering allocates nothing) and the held
+/// interrupts.
 pub struct RxScratch {
+    /// `..at`: chains handed to frames (completed); `at..n`: taken from the
+    /// ring ahead of the frames and not yet used. Room for a group's
+    /// chains taken ahead and then a frame merged over [`MAX_MERGE`] more.
     chains: Vec<Chain>,
+    at: usize,
+    n: usize,
+    /// A malformed chain ended the chains taken ahead: the error the frame
+    /// that needs a chain past them gets.
+    err: Option<PopError>,
     armed: Vec<Armed>,
 }
 
 impl Default for RxScratch {
     fn default() -> Self {
-        RxScratch { chains: (0..MAX_MERGE).map(|_| Chain::default()).collect(), armed: Vec::new() }
+        RxScratch {
+            chains: (0..AHEAD + MAX_MERGE).map(|_| Chain::default()).collect(),
+            at: 0,
+            n: 0,
+            err: None,
+            armed: Vec::new(),
+        }
     }
 }
 
@@ -264,10 +284,15 @@ pub fn deliver_group_to<'f>(
     let mergeable = features::mergeable(acked);
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
-    // Look ahead: the RX descriptors and used lines of the whole group.
-    let ahead = frames.size_hint().1.unwrap_or(1).clamp(1, 64) as u16;
-    ring.prefetch_burst(ahead);
-    ring.prefetch_buffers(ahead, true);
+    // Look ahead: the RX descriptors and used lines of the whole group,
+    // then its chains, taken together (their buffers fetched for writing as
+    // they are taken). A group of one frame takes its chain as it goes.
+    let ahead = frames.size_hint().1.unwrap_or(1).clamp(1, AHEAD);
+    ring.prefetch_burst(ahead as u16);
+    if ahead > 1 {
+        let (k, e) = ring.pop_burst(&mut scratch.chains[..ahead], Access::DeviceWrites, indirect);
+        (scratch.at, scratch.n, scratch.err) = (0, k, e);
+    }
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
     while let Some(frame) = frames.next() {
@@ -301,6 +326,17 @@ pub fn deliver_group_to<'f>(
             }
         }
     }
+    // Chains taken ahead and not used go back to the ring, unless a
+    // malformed one came after them: the queue is faulted then, and they
+    // are returned unwritten.
+    let (at, n) = (scratch.at, scratch.n);
+    if let Some(e) = scratch.err.take() {
+        scratch.chains[at..n].iter().for_each(|c| ring.complete(c, 0));
+        fault = fault.or(Some(e.kind()));
+    } else if n > at {
+        ring.unpop(&scratch.chains[at..n]);
+    }
+    (scratch.at, scratch.n) = (0, 0);
     ring.publish_used();
     if fault.is_none() && ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);
@@ -401,40 +437,59 @@ fn fill(
 ) -> Result<(), Fill> {
     let need = hdr_len + frame.out_len();
     let max = if mergeable { MAX_MERGE } else { 1 };
+    if scratch.at == scratch.n {
+        // None taken ahead (left): this frame's chains go from the start.
+        (scratch.at, scratch.n) = (0, 0);
+    }
+    let start = scratch.at;
     let mut taken = 0usize;
     let mut capacity = 0u64;
     let mut ran_out = false;
     while capacity < need && taken < max {
-        let chain = &mut scratch.chains[taken];
-        match ring.pop_chain(chain, Access::DeviceWrites, indirect) {
-            Ok(true) => chain.prefetch(),
-            Ok(false) => {
-                ran_out = true;
-                break;
-            }
-            Err(e) => {
-                // Give back what we took so far, unwritten.
-                for c in &scratch.chains[..taken] {
-                    ring.complete(c, 0);
+        if scratch.at == scratch.n {
+            // Past the chains taken ahead: the next one from the ring.
+            let popped = match scratch.err {
+                Some(e) => Err(e),
+                None => ring.pop_chain(&mut scratch.chains[scratch.n], Access::DeviceWrites, indirect),
+            };
+            match popped {
+                Ok(true) => {
+                    scratch.chains[scratch.n].prefetch();
+                    scratch.n += 1;
                 }
-                return Err(Fill::Fault(e.kind()));
+                Ok(false) => {
+                    ran_out = true;
+                    break;
+                }
+                Err(e) => {
+                    // Give back what we took so far, unwritten.
+                    for c in &scratch.chains[start..start + taken] {
+                        ring.complete(c, 0);
+                    }
+                    return Err(Fill::Fault(e.kind()));
+                }
             }
         }
+        scratch.at += 1;
         taken += 1;
-        if taken == 1 && scratch.chains[0].len() < hdr_len {
+        let len = scratch.chains[start + taken - 1].len();
+        if taken == 1 && len < hdr_len {
             // Too small even for the header: refused, never half-written.
-            ring.complete(&scratch.chains[0], 0);
+            ring.complete(&scratch.chains[start], 0);
             return Err(Fill::Drop(DropReason::RxBufferTooSmall));
         }
-        capacity += scratch.chains[taken - 1].len();
+        capacity += len;
     }
+    let chains = &scratch.chains[start..start + taken];
     if capacity < need {
         if ran_out {
-            // Not enough buffers yet: leave them for the next frame.
-            ring.unpop(&scratch.chains[..taken]);
+            // Not enough buffers yet: leave them for the next frame (the
+            // last ones taken: none was taken ahead past them).
+            ring.unpop(chains);
+            (scratch.at, scratch.n) = (start, start);
             return Err(Fill::Drop(DropReason::RxNoBuffer));
         }
-        for c in &scratch.chains[..taken] {
+        for c in chains {
             ring.complete(c, 0);
         }
         return Err(Fill::Drop(DropReason::RxBufferTooSmall));
@@ -444,19 +499,19 @@ fn fill(
     // Fast path: no tag edit, the frame in the sender's first buffer and
     // header plus frame in the receiver's: two straight copies.
     if let (1, TagEdit::Keep, Source::Chain { chain, offset }) = (taken, frame.tag, frame.src) {
-        if vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, &scratch.chains[0]) {
+        if vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, &chains[0]) {
             if frame.revoked() {
-                ring.complete(&scratch.chains[0], 0);
+                ring.complete(&chains[0], 0);
                 return Err(Fill::Drop(DropReason::RxNotReady));
             }
-            ring.complete(&scratch.chains[0], (hdr_len + frame.len) as u32);
+            ring.complete(&chains[0], (hdr_len + frame.len) as u32);
             return Ok(());
         }
     }
     let mut written = [0u32; MAX_MERGE];
     let mut src = frame.reader();
     let mut left = frame.out_len();
-    for (i, c) in scratch.chains[..taken].iter().enumerate() {
+    for (i, c) in chains.iter().enumerate() {
         let mut dst = Cursor::new(c);
         let mut n = 0u64;
         if i == 0 {
@@ -469,12 +524,12 @@ fn fill(
     if frame.revoked() {
         // The sender's memory vanished under the copy: what we read may be
         // zeros, so the receiver gets its buffers back empty instead.
-        for c in &scratch.chains[..taken] {
+        for c in chains {
             ring.complete(c, 0);
         }
         return Err(Fill::Drop(DropReason::RxNotReady));
     }
-    for (c, w) in scratch.chains[..taken].iter().zip(&written[..taken]) {
+    for (c, w) in chains.iter().zip(&written[..taken]) {
         ring.complete(c, *w);
     }
     debug_assert_eq!(left, 0);

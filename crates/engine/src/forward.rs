@@ -127,6 +127,29 @@ impl std::ops::Deref for ArrayQueues {
     }
 }
 
+/// Frames whose count is known beforehand (at most `left`): the size hint
+/// a delivery takes its RX chains by.
+struct Counted<I> {
+    frames: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for Counted<I> {
+    type Item = I::Item;
+
+    #[inline]
+    fn next(&mut self) -> Option<I::Item> {
+        let f = self.frames.next()?;
+        self.left = self.left.saturating_sub(1);
+        Some(f)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left))
+    }
+}
+
 /// Largest GSO frame a sender may hand over (64 KiB of IP plus headers).
 const MAX_GSO_FRAME: u64 = 65535 + ETH_HLEN + VLAN_HLEN;
 
@@ -814,22 +837,32 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             // Fast path: the receiver takes every offload as it is (or there
             // is none): one group per RX queue, one copy each, headers passed
             // through.
+            // Each group is counted first (the receiver takes one RX chain per
+            // frame in one go): with one receiver, the burst bounds it.
             if active.len() < 2 {
                 let q = active.first().copied().unwrap_or(0);
+                let count = if scratch.ports.len() == 1 {
+                    n
+                } else {
+                    scratch.dest.iter().filter(|m| for_p(m).is_some()).count()
+                };
                 let frames = scratch.tx[..n]
                     .iter()
                     .zip(&scratch.dest)
                     .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
-                deliver_group_to(dest, q, frames, &mut scratch.rx);
+                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
                 continue;
             }
             for &q in active.iter() {
                 let hashes = &mut scratch.hashes;
-                let frames = scratch.tx[..n].iter().zip(&scratch.dest).enumerate().filter_map(|(i, (chain, m))| {
-                    let tag = for_p(m)?;
-                    (queue_of(chain, i, hashes) == q).then(|| frame(chain, m, tag))
-                });
-                deliver_group_to(dest, q, frames, &mut scratch.rx);
+                let mut to_q = |i: usize, chain: &Chain, m: &Meta| for_p(m).filter(|_| queue_of(chain, i, hashes) == q);
+                let count = (0..n).filter(|&i| to_q(i, &scratch.tx[i], &scratch.dest[i]).is_some()).count();
+                let frames = scratch.tx[..n]
+                    .iter()
+                    .zip(&scratch.dest)
+                    .enumerate()
+                    .filter_map(|(i, (chain, m))| to_q(i, chain, m).map(|tag| frame(chain, m, tag)));
+                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
             }
             continue;
         }

@@ -340,35 +340,6 @@ impl PackedRing {
         chains
     }
 
-    /// Look-ahead for a burst: starts fetching the first cache line of the
-    /// buffers of the next `max` available chains (for writing: RX, where
-    /// the header and frame go next; or reading), so their cross-core
-    /// misses overlap instead of coming one frame at a time. Reads only
-    /// the descriptors' flags and addresses, from the next position on,
-    /// stopping at the first one not available; chains of several
-    /// descriptors are skipped. A hint only: nothing is taken or checked
-    /// here (a buffer outside tenant memory is not touched, and is refused
-    /// when its chain is taken).
-    pub fn prefetch_buffers(&self, max: u16, write: bool) {
-        if max <= 1 {
-            return;
-        }
-        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
-        for _ in 0..max.min(self.size) {
-            let f = self.flags(slot);
-            if !is_avail(f, wrap) {
-                break;
-            }
-            if f & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
-                let (addr, _, _) = self.rest(slot);
-                if let Some((p, _)) = self.mem.translate_partial(addr) {
-                    crate::copy::prefetch_for(p, write);
-                }
-            }
-            (slot, wrap) = advance(slot, wrap, 1, self.size);
-        }
-    }
-
     /// Takes and walks the next available chain into `chain`: consecutive
     /// descriptors (wrapping around the ring) while `DESC_F_NEXT` is set,
     /// or one `DESC_F_INDIRECT` descriptor whose table is walked (only if
@@ -1132,24 +1103,6 @@ mod tests {
         assert_eq!(d.read_desc(4).2, 6);
         assert_eq!(r.next_used_state(), 0, "position 0 of lap 2");
         assert_eq!(r.next_used_state(), r.next_avail_state());
-    }
-
-    #[test]
-    fn buffer_look_ahead_takes_nothing_and_touches_nothing_outside() {
-        let mut d = Driver::new(8);
-        let mut r = d.ring(false);
-        let mut c = Chain::default();
-        d.offer(0, &[(buf(0), 100, DESC_F_WRITE)]);
-        d.offer(1, &[(0x1000, 100, DESC_F_WRITE)]);
-        d.offer(2, &[(buf(1), 12, DESC_F_WRITE), (buf(2), 100, DESC_F_WRITE)]);
-        d.offer(3, &[(u64::MAX - 4, 100, DESC_F_WRITE)]);
-        for max in [0, 1, 4, 64] {
-            r.prefetch_buffers(max, true);
-            r.prefetch_buffers(max, false);
-        }
-        assert_eq!(r.next_avail_state(), WRAP_BIT, "nothing taken");
-        assert_eq!(r.pop_chain(&mut c, W, false).unwrap().unwrap().id, 0);
-        assert_eq!(r.pop_chain(&mut c, W, false), Err(PopError::Chain(ChainError::OutOfBounds)));
     }
 
     #[test]

@@ -240,30 +240,6 @@ impl SplitRing {
         Some(n)
     }
 
-    /// Second stage of the look-ahead (after [`SplitRing::prefetch_burst`]):
-    /// starts fetching the first cache line of the buffers the next `max`
-    /// available heads point to, for writing (RX: the header and frame go
-    /// there next) or reading. A hint only: a descriptor that is indirect or
-    /// points outside the memory table is skipped here and refused when the
-    /// chain is walked.
-    #[inline]
-    pub fn prefetch_buffers(&mut self, max: u16, write: bool) {
-        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max).min(self.size);
-        if n <= 1 {
-            return;
-        }
-        let mask = self.size - 1;
-        for i in 0..n {
-            let d = self.desc(self.avail_entry(i) & mask);
-            if d.flags & DESC_F_INDIRECT != 0 {
-                continue;
-            }
-            if let Some((p, _)) = self.mem.translate_partial(d.addr) {
-                crate::copy::prefetch_for(p, write);
-            }
-        }
-    }
-
     /// Gives back a head taken by `pop_head` that will not be used now
     /// (the destination had no room): it is taken again next time.
     pub fn unpop(&mut self, n: u16) {

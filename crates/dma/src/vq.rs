@@ -68,16 +68,6 @@ impl Virtqueue {
         }
     }
 
-    /// Look-ahead hint: the first line of the next `max` buffers, for
-    /// writing or reading.
-    #[inline]
-    pub fn prefetch_buffers(&mut self, max: u16, write: bool) {
-        match self {
-            Virtqueue::Split(r) => r.prefetch_buffers(max, write),
-            Virtqueue::Packed(r) => r.prefetch_buffers(max, write),
-        }
-    }
-
     /// True if at least one chain is available (re-checks the driver's side).
     pub fn any_pending(&self) -> Result<bool, RingError> {
         match self {

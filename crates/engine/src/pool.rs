@@ -552,7 +552,12 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         // Transmit arbitration among this engine's queues: guarantees
         // (min_tx_rate) first, then deficit round robin by weight.
         let turns = [Pass::Guaranteed, Pass::Shared { quantum: TURN_QUANTUM }];
-        for q in turns.iter().flat_map(|p| queues.iter().map(move |q| (q, *p))) {
+        // Each round starts at the next queue: when a congested receiver
+        // frees up, the RX buffers it posted meanwhile do not always go to
+        // the same sender (the first one served).
+        let first = rounds as usize % queues.len().max(1);
+        let order = queues[first..].iter().chain(&queues[..first]);
+        for q in turns.iter().flat_map(|p| order.clone().map(move |q| (q, *p))) {
             let (q, pass) = q;
             let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch, pass);
             if n > 0 {

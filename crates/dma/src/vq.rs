@@ -186,6 +186,25 @@ impl Virtqueue {
     }
 }
 
+/// The loop of [`Virtqueue::pop_burst`]: `pop` takes the next chain into
+/// the one it is given (`Ok(false)`: none available); each chain taken has
+/// its first lines fetched.
+#[inline(always)]
+fn pop_each(
+    chains: &mut [Chain],
+    write: bool,
+    mut pop: impl FnMut(&mut Chain) -> Result<bool, PopError>,
+) -> (usize, Option<PopError>) {
+    for (n, c) in chains.iter_mut().enumerate() {
+        match pop(c) {
+            Ok(true) => c.prefetch_for(write),
+            Ok(false) => return (n, None),
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (chains.len(), None)
+}
+
 /// [`Virtqueue::pop_burst`] for a split ring (each layout has its own
 /// loop, so neither pays for the other's registers).
 #[inline(never)]
@@ -195,26 +214,18 @@ fn split_pop_burst(
     access: Access,
     indirect_ok: bool,
 ) -> (usize, Option<PopError>) {
-    let write = access == Access::DeviceWrites;
-    let mut n = 0;
-    while n < chains.len() {
-        match r.has_avail() {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return (n, Some(e.into())),
+    pop_each(chains, access == Access::DeviceWrites, |c| {
+        if !r.has_avail()? {
+            return Ok(false);
         }
-        let head = match r.pop_head() {
-            Ok(h) => h,
-            Err(e) => return (n, Some(e.into())),
-        };
-        if let Err(e) = chains[n].walk(r, head, access, indirect_ok) {
+        let head = r.pop_head()?;
+        if let Err(e) = c.walk(r, head, access, indirect_ok) {
+            // Returned at once, unused (visible at the next publish).
             r.push_used(head, 0);
-            return (n, Some(e.into()));
+            return Err(e.into());
         }
-        chains[n].prefetch_for(write);
-        n += 1;
-    }
-    (n, None)
+        Ok(true)
+    })
 }
 
 /// [`Virtqueue::pop_burst`] for a packed ring.
@@ -225,18 +236,7 @@ fn packed_pop_burst(
     access: Access,
     indirect_ok: bool,
 ) -> (usize, Option<PopError>) {
-    let write = access == Access::DeviceWrites;
-    let mut n = 0;
-    while n < chains.len() {
-        match r.pop_chain(&mut chains[n], access, indirect_ok) {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => return (n, Some(e)),
-        }
-        chains[n].prefetch_for(write);
-        n += 1;
-    }
-    (n, None)
+    pop_each(chains, access == Access::DeviceWrites, |c| Ok(r.pop_chain(c, access, indirect_ok)?.is_some()))
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl Chain {
     /// the cross-core cache miss overlaps other work.
     #[inline]
     pub fn prefetch(&self) {
-        self.prefetch_range(0, 128);
+        self.prefetch_for(false);
     }
 
     /// [`Chain::prefetch`], for writing if `write` (an RX buffer the

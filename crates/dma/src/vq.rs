@@ -132,8 +132,7 @@ impl Virtqueue {
     pub fn complete_unwritten(&mut self, chains: &[Chain], in_order: bool) {
         match (self, chains.last()) {
             (Virtqueue::Packed(r), Some(last)) if in_order => {
-                let ndesc = chains.iter().map(|c| c.token().ndesc as u32).sum();
-                r.push_used_in_order(last.token(), chains.len() as u32, ndesc);
+                r.push_used_in_order(last.token(), chains.len() as u32, ring_descriptors(chains));
             }
             (Virtqueue::Split(r), _) => chains.iter().for_each(|c| r.push_used(c.head(), 0)),
             (Virtqueue::Packed(r), _) => chains.iter().for_each(|c| r.push_used(c.token(), 0)),
@@ -146,7 +145,7 @@ impl Virtqueue {
     pub fn unpop(&mut self, chains: &[Chain]) {
         match self {
             Virtqueue::Split(r) => r.unpop(chains.len() as u16),
-            Virtqueue::Packed(r) => r.unpop(chains.len() as u32, chains.iter().map(|c| c.token().ndesc as u32).sum()),
+            Virtqueue::Packed(r) => r.unpop(chains.len() as u32, ring_descriptors(chains)),
         }
     }
 
@@ -184,6 +183,11 @@ impl Virtqueue {
             Virtqueue::Packed(r) => r.next_avail_state(),
         }
     }
+}
+
+/// Packed-ring descriptors `chains` took in all.
+fn ring_descriptors(chains: &[Chain]) -> u32 {
+    chains.iter().map(|c| c.token().ndesc as u32).sum()
 }
 
 /// The loop of [`Virtqueue::pop_burst`]: `pop` takes the next chain into

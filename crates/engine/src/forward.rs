@@ -407,15 +407,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             taken = n + k;
             pop_err = e;
             if k == 0 {
-                match pop_err {
-                    None => drained = true,
-                    Some(e) => {
-                        if matches!(e, PopError::Chain(_)) {
-                            f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
-                        }
-                        fault = Some(e.kind());
-                    }
-                }
+                drained = pop_err.is_none();
                 break;
             }
         }
@@ -434,10 +426,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         admitted += len;
         n += 1;
     }
-    if let Some(e) = pop_err.filter(|_| fault.is_none()) {
+    if let Some(e) = pop_err {
         // A malformed chain ended the last group: the queue is faulted once
-        // the chains admitted before it are sent (any others stay taken: the
-        // queue stops until the tenant resets it).
+        // the chains admitted before it (if any) are sent (any others stay
+        // taken: the queue stops until the tenant resets it).
         if matches!(e, PopError::Chain(_)) {
             f.counters.drop_frames(DropReason::TxBadDescriptor, 1);
         }

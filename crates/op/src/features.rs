@@ -62,9 +62,25 @@ struct OffloadBits {
     tso6: u32,
 }
 
+/// What a driver may send (the device takes these offloads over).
+const SEND: OffloadBits = OffloadBits {
+    csum: VIRTIO_NET_F_CSUM,
+    ecn: VIRTIO_NET_F_HOST_ECN,
+    tso4: VIRTIO_NET_F_HOST_TSO4,
+    tso6: VIRTIO_NET_F_HOST_TSO6,
+};
+
+/// What a driver may receive (it takes these offloads over).
+const RECEIVE: OffloadBits = OffloadBits {
+    csum: VIRTIO_NET_F_GUEST_CSUM,
+    ecn: VIRTIO_NET_F_GUEST_ECN,
+    tso4: VIRTIO_NET_F_GUEST_TSO4,
+    tso6: VIRTIO_NET_F_GUEST_TSO6,
+};
+
 /// Whether `features` allow a header with these fields, by `bits`.
 #[inline]
-fn offloads_allowed(features: u64, flags: u8, gso_type: u8, bits: OffloadBits) -> bool {
+fn offloads_allowed(features: u64, flags: u8, gso_type: u8, bits: &OffloadBits) -> bool {
     if flags | gso_type == 0 {
         // No offload asked for (nearly every frame): nothing to check.
         return true;
@@ -83,25 +99,13 @@ fn offloads_allowed(features: u64, flags: u8, gso_type: u8, bits: OffloadBits) -
 /// Whether a driver with `features` may *send* a header with these fields.
 #[inline]
 pub fn may_send(features: u64, flags: u8, gso_type: u8) -> bool {
-    let bits = OffloadBits {
-        csum: VIRTIO_NET_F_CSUM,
-        ecn: VIRTIO_NET_F_HOST_ECN,
-        tso4: VIRTIO_NET_F_HOST_TSO4,
-        tso6: VIRTIO_NET_F_HOST_TSO6,
-    };
-    offloads_allowed(features, flags, gso_type, bits)
+    offloads_allowed(features, flags, gso_type, &SEND)
 }
 
 /// Whether a driver with `features` may *receive* a header with these fields.
 #[inline]
 pub fn may_receive(features: u64, flags: u8, gso_type: u8) -> bool {
-    let bits = OffloadBits {
-        csum: VIRTIO_NET_F_GUEST_CSUM,
-        ecn: VIRTIO_NET_F_GUEST_ECN,
-        tso4: VIRTIO_NET_F_GUEST_TSO4,
-        tso6: VIRTIO_NET_F_GUEST_TSO6,
-    };
-    offloads_allowed(features, flags, gso_type, bits)
+    offloads_allowed(features, flags, gso_type, &RECEIVE)
 }
 
 /// True if `features` has feature number `n`.

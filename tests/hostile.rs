@@ -326,8 +326,13 @@ fn desc(index: u16, addr: u64, len: u32, flags: u16, next: u16) -> RawDesc {
 
 /// A valid TX frame (header + Ethernet) to VF2 in scratch memory.
 fn scratch_frame(v: &mut VirtioNet) -> (u64, u32) {
+    scratch_frame_of(v, 0x11)
+}
+
+/// [`scratch_frame`] with its payload bytes `fill`.
+fn scratch_frame_of(v: &mut VirtioNet, fill: u8) -> (u64, u32) {
     let mut bytes = vec![0u8; 12];
-    bytes.extend(frame(vf_mac(2), vf_mac(VF), 60, 0x11));
+    bytes.extend(frame(vf_mac(2), vf_mac(VF), 60, fill));
     let at = v.alloc_scratch(bytes.len() as u64, 64).unwrap();
     v.write_mem(at, &bytes).unwrap();
     (at, bytes.len() as u32)
@@ -335,6 +340,16 @@ fn scratch_frame(v: &mut VirtioNet) -> (u64, u32) {
 
 fn mem_end(v: &VirtioNet) -> u64 {
     v.memory().gpa_base() + v.memory().size() as u64
+}
+
+/// Where VF0's memory ends for a front end laid out as the attacks' are: a
+/// probe attaches, reads it and leaves, and the VF is free again.
+fn probed_mem_end(d: &Daemon) -> u64 {
+    let probe = attach(d, VF);
+    let end = mem_end(&probe);
+    drop(probe);
+    wait_free(d, VF);
+    end
 }
 
 // ------------------------------------------------------------- protocol
@@ -802,10 +817,7 @@ fn framing_close_counts_connection_closed() {
 #[test]
 fn tx_descriptor_outside_memory() {
     let (mut d, mut h) = setup();
-    let probe = attach(&d, VF);
-    let end = mem_end(&probe);
-    drop(probe);
-    wait_free(&d, VF);
+    let end = probed_mem_end(&d);
     for (what, addr, len) in [
         ("below the memory table", 0x1000u64, 64u32),
         ("just past the end", end, 64),
@@ -829,19 +841,9 @@ fn tx_descriptor_outside_memory() {
 #[test]
 fn tx_good_chains_before_a_bad_one_are_sent_then_the_queue_faults() {
     let (mut d, mut h) = setup();
-    let probe = attach(&d, VF);
-    let end = mem_end(&probe);
-    drop(probe);
-    wait_free(&d, VF);
+    let end = probed_mem_end(&d);
     let attack = move |_: &Daemon, v: &mut VirtioNet, h: &mut Healthy| {
-        let mut bufs = Vec::new();
-        for fill in [0x21u8, 0x22] {
-            let mut bytes = vec![0u8; 12];
-            bytes.extend(frame(vf_mac(2), vf_mac(VF), 60, fill));
-            let at = v.alloc_scratch(bytes.len() as u64, 64).unwrap();
-            v.write_mem(at, &bytes).unwrap();
-            bufs.push((at, bytes.len() as u32));
-        }
+        let bufs = [scratch_frame_of(v, 0x21), scratch_frame_of(v, 0x22)];
         let good0 = [desc(5, bufs[0].0, bufs[0].1, 0, 0)];
         let good1 = [desc(6, bufs[1].0, bufs[1].1, 0, 0)];
         let bad = [desc(7, end, 64, 0, 0)];
@@ -1100,10 +1102,7 @@ fn rx_buffers_not_writable_are_never_written() {
 #[test]
 fn rx_good_buffers_before_a_bad_one_are_filled_then_the_queue_faults() {
     let (mut d, mut h) = setup();
-    let probe = attach(&d, VF);
-    let end = mem_end(&probe);
-    drop(probe);
-    wait_free(&d, VF);
+    let end = probed_mem_end(&d);
     let opts = Options { fill_rx: false, ..Options::default() };
     let frames: Vec<Vec<u8>> = (1..=3u8).map(|k| frame(vf_mac(VF), vf_mac(2), 100, k)).collect();
     let bufs = std::cell::Cell::new([0u64; 2]);

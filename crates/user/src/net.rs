@@ -832,13 +832,7 @@ impl VirtioNet {
     /// Hostile-test hook: writes `descs` verbatim into the TX descriptor table, publishes
     /// `head` in the avail ring and kicks. Completed TX chains are reclaimed first.
     pub fn post_tx_raw(&mut self, descs: &[RawDesc], head: u16) -> Result<()> {
-        // A bad used element is for the test to see through `take_tx_used`; ignore here.
-        let _ = self.reclaim_tx();
-        self.tx.ring.add_raw(&self.mem, descs, head)?;
-        self.tx.ring.push_avail(&self.mem, head)?;
-        self.tx.ring.publish(&self.mem)?;
-        self.tx.ring.needs_kick(&self.mem)?;
-        self.kick(TX_QUEUE)
+        self.post_tx_raw_chains(&[(descs, head)])
     }
 
     /// Hostile-test hook: like [`Self::post_tx_raw`] with several chains
@@ -846,6 +840,7 @@ impl VirtioNet {
     /// order: one avail index store and one kick, so the device sees them
     /// in one burst.
     pub fn post_tx_raw_chains(&mut self, chains: &[(&[RawDesc], u16)]) -> Result<()> {
+        // A bad used element is for the test to see through `take_tx_used`; ignore here.
         let _ = self.reclaim_tx();
         for &(descs, head) in chains {
             self.tx.ring.add_raw(&self.mem, descs, head)?;

@@ -194,16 +194,17 @@ impl Chain {
     }
 
     /// Starts fetching bytes `from..to` of the chain's first segment (as
-    /// far as it goes), a cache line at a time: a large frame the engine
-    /// copies next, so its lines are on their way while the one before is
-    /// copied.
+    /// far as it goes), a cache line at a time, for writing if `write`: a
+    /// large frame the engine copies next (its source lines, or the RX
+    /// buffer it is written to), so its lines are on their way while the
+    /// one before is copied.
     #[inline]
-    pub fn prefetch_range(&self, from: u64, to: u64) {
+    pub fn prefetch_range(&self, from: u64, to: u64, write: bool) {
         if let Some(s) = self.segs[..self.n].first() {
             let mut off = from.min(s.len as u64) as usize;
             let end = to.min(s.len as u64) as usize;
             while off < end {
-                crate::copy::prefetch(s.ptr.wrapping_add(off));
+                crate::copy::prefetch_for(s.ptr.wrapping_add(off), write);
                 off += 64;
             }
         }

@@ -296,11 +296,15 @@ pub fn deliver_group_to<'f>(
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
     while let Some(frame) = frames.next() {
-        // A large next frame: its lines start coming while this one is
-        // copied (its first two were fetched when its chain was taken).
+        // A large next frame: its lines, and those of the RX buffer taken
+        // ahead for it, start coming while this one is copied (the first
+        // two of each were fetched when the chains were taken).
         if let Some(Frame { src: Source::Chain { chain, offset }, len, .. }) = frames.peek() {
             if *len > 128 {
-                chain.prefetch_range(128, offset + len);
+                chain.prefetch_range(128, offset + len, false);
+                if scratch.at + 1 < scratch.n {
+                    scratch.chains[scratch.at + 1].prefetch_range(128, hdr_len + len, true);
+                }
             }
         }
         match fill(ring, &frame, hdr_len, mergeable, indirect, scratch) {

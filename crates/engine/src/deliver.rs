@@ -262,21 +262,18 @@ pub fn deliver_group<'f>(
 pub fn deliver_group_to<'f>(
     dest: &Arc<Function>,
     qp: u16,
-    frames: impl Iterator<Item = Frame<'f>>,
+    mut frames: impl Iterator<Item = Frame<'f>>,
     scratch: &mut RxScratch,
 ) -> u64 {
-    let mut frames = frames.peekable();
-    if frames.peek().is_none() {
-        return 0;
-    }
+    let Some(first) = frames.next() else { return 0 };
     if !dest.link_up() {
-        dest.counters.drop_frames(DropReason::RxLinkDown, frames.count() as u64);
+        dest.counters.drop_frames(DropReason::RxLinkDown, 1 + frames.count() as u64);
         return 0;
     }
     let rx = dest.rx(qp.min(dest.queue_pairs() - 1));
     let mut s = rx.lock();
     if !s.ready() {
-        dest.counters.drop_frames(DropReason::RxNotReady, frames.count() as u64);
+        dest.counters.drop_frames(DropReason::RxNotReady, 1 + frames.count() as u64);
         return 0;
     }
     let acked = dest.acked_features();
@@ -285,21 +282,22 @@ pub fn deliver_group_to<'f>(
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     // Look ahead: the RX descriptors and used lines of the whole group,
-    // then its chains, taken together (their buffers fetched for writing as
-    // they are taken). A group of one frame takes its chain as it goes.
-    let ahead = frames.size_hint().1.unwrap_or(1).clamp(1, AHEAD);
+    // then one chain per frame, taken together (their buffers fetched for
+    // writing as they are taken); a frame merged over several buffers, or
+    // one past the count, takes the rest as it goes.
+    let ahead = frames.size_hint().1.map_or(1, |rest| rest + 1).clamp(1, AHEAD);
     ring.prefetch_burst(ahead as u16);
-    if ahead > 1 {
-        let (k, e) = ring.pop_burst(&mut scratch.chains[..ahead], Access::DeviceWrites, indirect);
-        (scratch.at, scratch.n, scratch.err) = (0, k, e);
-    }
+    let (k, e) = ring.pop_burst(&mut scratch.chains[..ahead], Access::DeviceWrites, indirect);
+    (scratch.at, scratch.n, scratch.err) = (0, k, e);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
-    while let Some(frame) = frames.next() {
+    let mut next = Some(first);
+    while let Some(frame) = next {
+        next = frames.next();
         // A large next frame: its lines, and those of the RX buffer taken
         // ahead for it, start coming while this one is copied (the first
         // two of each were fetched when the chains were taken).
-        if let Some(Frame { src: Source::Chain { chain, offset }, len, .. }) = frames.peek() {
+        if let Some(Frame { src: Source::Chain { chain, offset }, len, .. }) = &next {
             if *len > 128 {
                 chain.prefetch_range(128, offset + len, false);
                 if scratch.at + 1 < scratch.n {
@@ -349,7 +347,8 @@ pub fn deliver_group_to<'f>(
         moderate(dest, qp, &mut s, packets as u32, &mut scratch.armed);
     }
     if let Some(kind) = fault {
-        dest.counters.drop_frames(DropReason::RxBadDescriptor, frames.count() as u64);
+        let rest = next.map_or(0, |_| 1) + frames.count();
+        dest.counters.drop_frames(DropReason::RxBadDescriptor, rest as u64);
         fault_queue(dest, &mut s, kind, rx.index);
     }
     // Under the RX queue's lock (`s`): its only writer now.
@@ -430,8 +429,40 @@ enum Fill {
     Fault(ErrorKind),
 }
 
+/// Writes `frame` into the next RX buffers: the one taken ahead for it when
+/// the frame and its header fit there in one straight copy (nearly every
+/// frame), else [`fill_general`].
 #[inline]
 fn fill(
+    ring: &mut Virtqueue,
+    frame: &Frame<'_>,
+    hdr_len: u64,
+    mergeable: bool,
+    indirect: bool,
+    scratch: &mut RxScratch,
+) -> Result<(), Fill> {
+    if let (true, TagEdit::Keep, Source::Chain { chain, offset }) = (scratch.at < scratch.n, frame.tag, frame.src) {
+        let dst = &scratch.chains[scratch.at];
+        // One buffer holds header and frame: the general path would take
+        // just this one too (num_buffers 1).
+        let hdr = VirtioNetHdr { num_buffers: 1, ..frame.offload }.to_bytes();
+        if vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, dst) {
+            scratch.at += 1;
+            if chain.revoked() {
+                ring.complete(dst, 0);
+                return Err(Fill::Drop(DropReason::RxNotReady));
+            }
+            ring.complete(dst, (hdr_len + frame.len) as u32);
+            return Ok(());
+        }
+    }
+    fill_general(ring, frame, hdr_len, mergeable, indirect, scratch)
+}
+
+/// [`fill`] for any frame: RX buffers taken (ahead, or from the ring) until
+/// the frame fits, merged if the receiver allows, tag edits applied.
+#[inline(never)]
+fn fill_general(
     ring: &mut Virtqueue,
     frame: &Frame<'_>,
     hdr_len: u64,

@@ -340,6 +340,34 @@ impl PackedRing {
         chains
     }
 
+    /// Hint for buffers about to be written: the first two cache lines of
+    /// the buffers of the next `max` available descriptors (one-buffer
+    /// chains only) are fetched for writing. Takes and checks nothing (a
+    /// bad descriptor is refused when popped).
+    pub fn prefetch_buffers_write(&self, max: u16) {
+        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
+        for _ in 0..max.min(self.size) {
+            let f = self.flags(slot);
+            if !is_avail(f, wrap) {
+                break;
+            }
+            if f & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
+                let (addr, len, _) = self.rest(slot);
+                if let Some(p) = self.mem.translate(addr, (len as u64).min(128)) {
+                    crate::copy::prefetch_write(p);
+                    if len > 64 {
+                        crate::copy::prefetch_write(p.wrapping_add(64));
+                    }
+                }
+            }
+            slot += 1;
+            if slot == self.size {
+                slot = 0;
+                wrap = !wrap;
+            }
+        }
+    }
+
     /// Takes and walks the next available chain into `chain`: consecutive
     /// descriptors (wrapping around the ring) while `DESC_F_NEXT` is set,
     /// or one `DESC_F_INDIRECT` descriptor whose table is walked (only if
@@ -1103,6 +1131,24 @@ mod tests {
         assert_eq!(d.read_desc(4).2, 6);
         assert_eq!(r.next_used_state(), 0, "position 0 of lap 2");
         assert_eq!(r.next_used_state(), r.next_avail_state());
+    }
+
+    #[test]
+    fn buffer_hint_takes_nothing_and_stops_at_what_is_not_available() {
+        let mut d = Driver::new(8);
+        let mut r = d.ring(false);
+        let mut c = Chain::default();
+        // A good buffer, one outside memory, a two-descriptor chain; the
+        // hint reads past none of them and beyond them is nothing offered.
+        d.offer(0, &[(buf(0), 60, DESC_F_WRITE)]);
+        d.offer(1, &[(1 << 40, 60, DESC_F_WRITE)]);
+        d.offer(2, &[(buf(2), 12, DESC_F_WRITE), (buf(3), 60, DESC_F_WRITE)]);
+        let before = (r.next_avail_state(), r.room_upto(8));
+        r.prefetch_buffers_write(64);
+        assert_eq!((r.next_avail_state(), r.room_upto(8)), before);
+        // The pops find the ring as the driver left it.
+        assert_eq!(r.pop_chain(&mut c, W, false).unwrap().unwrap().id, 0);
+        assert!(r.pop_chain(&mut c, W, false).is_err());
     }
 
     #[test]

@@ -240,6 +240,28 @@ impl SplitRing {
         Some(n)
     }
 
+    /// Hint for buffers about to be written: the first two cache lines of
+    /// the buffers of the next `max` available chains (one-buffer chains
+    /// only) are fetched for writing. Takes and checks nothing (a bad
+    /// descriptor is refused when popped); reads only what the driver has
+    /// made available (up to the avail index seen last).
+    pub fn prefetch_buffers_write(&self, max: u16) {
+        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
+        let mask = self.size - 1;
+        for i in 0..n {
+            let d = self.desc(self.avail_entry(i) & mask);
+            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
+                continue;
+            }
+            if let Some(p) = self.mem.translate(d.addr, (d.len as u64).min(128)) {
+                crate::copy::prefetch_write(p);
+                if d.len > 64 {
+                    crate::copy::prefetch_write(p.wrapping_add(64));
+                }
+            }
+        }
+    }
+
     /// Gives back a head taken by `pop_head` that will not be used now
     /// (the destination had no room): it is taken again next time.
     pub fn unpop(&mut self, n: u16) {

@@ -222,12 +222,17 @@ fn admit(qos: &mut TxQos, pass: Pass, budget: &mut u64, len: u64, now_ns: u64) -
     true
 }
 
+/// Fewest frames to one receiver for which [`rx_room`] fetches its RX
+/// buffers ahead: a frame or two are delivered right after, with nothing
+/// in between for the fetch to overlap.
+const HINT_MIN: u16 = 4;
+
 /// RX buffers `d` has posted, counted up to `max` (on its first queue
 /// pair; RSS receivers with several are treated as having room). A
 /// receiver that is not up counts as having room: delivery drops and
 /// counts those frames.
 ///
-/// Its next `max` buffers are also asked for now, for writing (with their
+/// Its next `max` buffers (at least [`HINT_MIN`]) are also asked for now, for writing (with their
 /// descriptors and used-ring lines): they are in the sender's driver's
 /// cache, and the read-for-ownership of those lines is what a delivery
 /// waits on most. Asked for here, they come while the arbitration runs,
@@ -240,8 +245,10 @@ fn rx_room(d: &Function, max: u16) -> u16 {
     let ready = s.ready();
     match (ready, s.ring.as_mut()) {
         (true, Some(r)) => {
-            r.prefetch_burst(max);
-            r.prefetch_buffers_write(max);
+            if max >= HINT_MIN {
+                r.prefetch_burst(max);
+                r.prefetch_buffers_write(max);
+            }
             r.room(max)
         }
         _ => u16::MAX,

@@ -6,6 +6,7 @@ use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
 use vfnic_dma::{Chain, PopError, Virtqueue};
 
+use crate::phases::{Phase, Stopwatch};
 use vfnic_dma::tsc;
 use vfnic_offload::VirtioNetHdr;
 use vfnic_op::{features, Function, VringState};
@@ -285,10 +286,12 @@ pub fn deliver_group_to<'f>(
     // then one chain per frame, taken together (their buffers fetched for
     // writing as they are taken); a frame merged over several buffers, or
     // one past the count, takes the rest as it goes.
+    let mut watch = Stopwatch::start();
     let ahead = frames.size_hint().1.map_or(1, |rest| rest + 1).clamp(1, AHEAD);
     ring.prefetch_burst(ahead as u16);
     let (k, e) = ring.pop_burst(&mut scratch.chains[..ahead], Access::DeviceWrites, indirect);
     (scratch.at, scratch.n, scratch.err) = (0, k, e);
+    watch.lap(Phase::RxTake);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
     let mut next = Some(first);
@@ -328,6 +331,7 @@ pub fn deliver_group_to<'f>(
             }
         }
     }
+    watch.lap(Phase::RxFill);
     // Chains taken ahead and not used go back to the ring, unless a
     // malformed one came after them: the queue is faulted then, and they
     // are returned unwritten.

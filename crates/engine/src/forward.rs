@@ -19,6 +19,7 @@ use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
 use crate::deliver::{deliver_group_to, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
+use crate::phases::{Phase, Stopwatch};
 use crate::rss;
 
 /// Most chains taken from one TX queue before the engine moves on.
@@ -382,6 +383,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     };
     let indirect = s.indirect;
     let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
+    let mut watch = Stopwatch::start();
     let vs = &mut *s;
     let ring = vs.ring.as_mut().expect("ready() checked the ring");
     let qos = &mut vs.qos;
@@ -470,6 +472,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     if n == 0 && fault.is_none() {
         return 0;
     }
+    watch.lap(Phase::Take);
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
@@ -587,6 +590,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
         scratch.fdb_memo[slot] = FdbMemo { generation, src: last_src, fwd: last_fwd };
     }
+    watch.lap(Phase::Classify);
     if !scratch.learn.is_empty() {
         let mut fdb = fabric.fdb();
         for (vlan, src) in &scratch.learn {
@@ -754,6 +758,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     } else {
         qos.blocked_since_ns = None;
     }
+    watch.lap(Phase::Arbitrate);
     for m in &scratch.dest[..n] {
         match m.drop {
             Some(r) => f.counters.drop_frames(r, 1),
@@ -889,6 +894,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
     }
     drop(ports);
+    watch.lap(Phase::Deliver);
 
     // 3b. The physical port: frames for addresses behind an uplink, and
     // floods, leave through the uplinks (gathered into one buffer: the wire
@@ -927,5 +933,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     if let Some(kind) = fault {
         fault_queue(f, &mut s, kind, tx.index);
     }
+    watch.lap(Phase::Complete);
+    crate::phases::burst(n as u64);
     n.max(1)
 }

@@ -15,6 +15,7 @@
 //!   the port table;
 //! * [`forward`]: the per-queue burst: TX chain -> switch -> RX chains;
 //! * [`deliver`]: writing one frame into a receiver's RX queue;
+//! * [`phases`]: cycles per phase of a burst (feature `phase-cycles`);
 //! * [`mailbox`]: the control virtqueue (VF-to-PF mailbox): commands
 //!   answered by PF policy.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod deliver;
 pub mod fabric;
 pub mod forward;
 pub mod mailbox;
+pub mod phases;
 pub mod pool;
 pub mod rss;
 pub mod uplink;

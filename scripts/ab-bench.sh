@@ -29,12 +29,8 @@ trap 'rm -rf "$OUT"' EXIT
 # run BIN: prints "MPPS CYCLES_PER_CHAIN".
 run() {
     local bin=$1 d=$OUT/run vp tp
-    rm -rf "$d"
-    mkdir -p "$d/run"
-    start_vfnic "$d/run" "$d/vfnic.log" "$bin"
-    vp=$VFNIC_PID
-    mac_loop "$d/run" "ab$$" 60 --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
-    tp=$!
+    start_loop "$d" "ab$$" 60 "$bin"
+    vp=$VFNIC_PID tp=$LOOP_PID
     sleep 2
     "$bin" --run-dir "$d/run" --json engines >"$d/e0.json"
     sleep "$SECS"

@@ -33,12 +33,8 @@ trap 'rm -rf "$OUT"' EXIT
 
 run() {
     local bin=$1 d=$OUT/run vp tp
-    rm -rf "$d"
-    mkdir -p "$d/run"
-    start_vfnic "$d/run" "$d/vfnic.log" "$bin"
-    vp=$VFNIC_PID
-    mac_loop "$d/run" "ph$$" $((SECS + 30)) --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
-    tp=$!
+    start_loop "$d" "ph$$" $((SECS + 30)) "$bin"
+    vp=$VFNIC_PID tp=$LOOP_PID
     sleep "$SECS"
     kill "$tp" "$vp" 2>/dev/null || true
     wait "$tp" "$vp" 2>/dev/null || true

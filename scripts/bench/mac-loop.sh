@@ -1,4 +1,4 @@
-# scripts/bench/mac-loop.sh — sourced by ab-bench.sh and ir-profile.sh: how
+# scripts/bench/mac-loop.sh — sourced by ab-bench.sh, ir-profile.sh and phase-profile.sh: how
 # they start vfnic, and the client they share: one dpdk-testpmd whose two
 # net_virtio_user ports sit on VF0's and VF1's sockets and loop frames in mac
 # forward mode (each port's frames addressed to the other VF, so every frame
@@ -30,4 +30,17 @@ start_vfnic() {
     "$@" run --run-dir "$dir" --engines 1 --engine-cpus 1 >"$log" 2>&1 &
     VFNIC_PID=$!
     for _ in $(seq 300); do [ -S "$dir/vf1.sock" ] && return 0; sleep 0.1; done
+}
+
+# start_loop WORK_DIR PREFIX TIME_LIMIT BIN: a fresh WORK_DIR/run, BIN started
+# there (start_vfnic, log WORK_DIR/vfnic.log) and the mac loop seeded with
+# --tx-first (testpmd log WORK_DIR/testpmd.log), both in the background:
+# their pids in VFNIC_PID and LOOP_PID.
+start_loop() {
+    local d=$1 prefix=$2 limit=$3 bin=$4
+    rm -rf "$d"
+    mkdir -p "$d/run"
+    start_vfnic "$d/run" "$d/vfnic.log" "$bin"
+    mac_loop "$d/run" "$prefix" "$limit" --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
+    LOOP_PID=$!
 }

@@ -1138,17 +1138,21 @@ mod tests {
         let mut d = Driver::new(8);
         let mut r = d.ring(false);
         let mut c = Chain::default();
-        // A good buffer, one outside memory, a two-descriptor chain; the
-        // hint reads past none of them and beyond them is nothing offered.
+        // A good buffer, one outside memory, a two-descriptor chain, one
+        // whose address would overflow; the hint reads past none of them
+        // and beyond them is nothing offered.
         d.offer(0, &[(buf(0), 60, DESC_F_WRITE)]);
         d.offer(1, &[(1 << 40, 60, DESC_F_WRITE)]);
         d.offer(2, &[(buf(2), 12, DESC_F_WRITE), (buf(3), 60, DESC_F_WRITE)]);
+        d.offer(3, &[(u64::MAX - 4, 100, DESC_F_WRITE)]);
         let before = (r.next_avail_state(), r.room_upto(8));
-        r.prefetch_buffers_write(64);
-        assert_eq!((r.next_avail_state(), r.room_upto(8)), before);
+        for max in [0, 1, 4, 64] {
+            r.prefetch_buffers_write(max);
+        }
+        assert_eq!((r.next_avail_state(), r.room_upto(8)), before, "nothing taken");
         // The pops find the ring as the driver left it.
         assert_eq!(r.pop_chain(&mut c, W, false).unwrap().unwrap().id, 0);
-        assert!(r.pop_chain(&mut c, W, false).is_err());
+        assert_eq!(r.pop_chain(&mut c, W, false), Err(PopError::Chain(ChainError::OutOfBounds)));
     }
 
     #[test]

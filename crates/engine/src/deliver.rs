@@ -445,22 +445,35 @@ fn fill(
     indirect: bool,
     scratch: &mut RxScratch,
 ) -> Result<(), Fill> {
-    if let (true, TagEdit::Keep, Source::Chain { chain, offset }) = (scratch.at < scratch.n, frame.tag, frame.src) {
-        let dst = &scratch.chains[scratch.at];
+    if scratch.at < scratch.n {
         // One buffer holds header and frame: the general path would take
         // just this one too (num_buffers 1).
-        let hdr = VirtioNetHdr { num_buffers: 1, ..frame.offload }.to_bytes();
-        if vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, dst) {
+        if let Some(r) = fill_flat(ring, frame, hdr_len, &scratch.chains[scratch.at]) {
             scratch.at += 1;
-            if chain.revoked() {
-                ring.complete(dst, 0);
-                return Err(Fill::Drop(DropReason::RxNotReady));
-            }
-            ring.complete(dst, (hdr_len + frame.len) as u32);
-            return Ok(());
+            return r;
         }
     }
     fill_general(ring, frame, hdr_len, mergeable, indirect, scratch)
+}
+
+/// Writes `frame` into `dst` alone in two straight copies (header, then
+/// frame) when the frame has no tag edit and lies in the sender's first
+/// buffer, and header plus frame fit `dst`'s first buffer; `None`, with
+/// nothing written, otherwise. `Some`: `dst` is completed (empty if the
+/// sender's memory vanished under the copy).
+#[inline(always)]
+fn fill_flat(ring: &mut Virtqueue, frame: &Frame<'_>, hdr_len: u64, dst: &Chain) -> Option<Result<(), Fill>> {
+    let (TagEdit::Keep, Source::Chain { chain, offset }) = (frame.tag, frame.src) else { return None };
+    let hdr = VirtioNetHdr { num_buffers: 1, ..frame.offload }.to_bytes();
+    if !vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, dst) {
+        return None;
+    }
+    if chain.revoked() {
+        ring.complete(dst, 0);
+        return Some(Err(Fill::Drop(DropReason::RxNotReady)));
+    }
+    ring.complete(dst, (hdr_len + frame.len) as u32);
+    Some(Ok(()))
 }
 
 /// [`fill`] for any frame: RX buffers taken (ahead, or from the ring) until
@@ -533,20 +546,15 @@ fn fill_general(
         }
         return Err(Fill::Drop(DropReason::RxBufferTooSmall));
     }
-    // virtio_net_hdr: the offloads handed over, num_buffers = buffers used.
-    let hdr = VirtioNetHdr { num_buffers: taken as u16, ..frame.offload }.to_bytes();
-    // Fast path: no tag edit, the frame in the sender's first buffer and
-    // header plus frame in the receiver's: two straight copies.
-    if let (1, TagEdit::Keep, Source::Chain { chain, offset }) = (taken, frame.tag, frame.src) {
-        if vfnic_dma::copy::copy_flat(&hdr[..hdr_len as usize], chain, offset, frame.len, &chains[0]) {
-            if frame.revoked() {
-                ring.complete(&chains[0], 0);
-                return Err(Fill::Drop(DropReason::RxNotReady));
-            }
-            ring.complete(&chains[0], (hdr_len + frame.len) as u32);
-            return Ok(());
+    // A frame in one buffer (mostly one taken from the ring just above):
+    // the same two straight copies as `fill`'s, when the frame allows them.
+    if taken == 1 {
+        if let Some(r) = fill_flat(ring, frame, hdr_len, &chains[0]) {
+            return r;
         }
     }
+    // virtio_net_hdr: the offloads handed over, num_buffers = buffers used.
+    let hdr = VirtioNetHdr { num_buffers: taken as u16, ..frame.offload }.to_bytes();
     let mut written = [0u32; MAX_MERGE];
     let mut src = frame.reader();
     let mut left = frame.out_len();

@@ -233,11 +233,12 @@ const HINT_MIN: u16 = 4;
 /// receiver that is not up counts as having room: delivery drops and
 /// counts those frames.
 ///
-/// Its next `max` buffers (at least [`HINT_MIN`]) are also asked for now, for writing (with their
-/// descriptors and used-ring lines): they are in the sender's driver's
-/// cache, and the read-for-ownership of those lines is what a delivery
-/// waits on most. Asked for here, they come while the arbitration runs,
-/// instead of all at once when the group's chains are taken.
+/// For `max` of at least [`HINT_MIN`], its next `max` buffers are also
+/// asked for now, for writing, with their descriptors and used-ring
+/// lines: they are in the receiver's driver's cache, and the
+/// read-for-ownership of those lines is what a delivery waits on most.
+/// Asked for here, they come while the arbitration runs, instead of all at
+/// once when the group's chains are taken.
 fn rx_room(d: &Function, max: u16) -> u16 {
     if !d.connected() || !d.link_up() || d.queue_pairs() > 1 {
         return u16::MAX;

@@ -30,6 +30,15 @@
 //! the fair order only applies while the destination is congested, which
 //! lasts [`Share::CONGESTED_NS`] after the last sign of it, or as long as
 //! its link bucket is below a full burst.
+//!
+//! **Arbiter time.** The windows that measure how long ago something was
+//! seen (congestion, a sender's last request, a reservation) run on the
+//! arbiter's own clock: wall time, except that a gap between two looks at
+//! the arbiter counts as at most [`Share::MAX_GAP_NS`]. An engine that the
+//! host descheduled for a few milliseconds saw nothing in that time, so
+//! the time does not end a congestion or make its senders look gone: when
+//! it comes back to buffers the receiver posted meanwhile, they are still
+//! shared in fair order (not handed to whichever sender it polls first).
 
 use crate::bucket::{mbps_to_bytes_per_s, TokenBucket};
 
@@ -43,7 +52,7 @@ struct Sender {
     vf: u16,
     /// Start tag: virtual time at which its next frame starts.
     tag: u64,
-    /// Last time it asked (ns).
+    /// Last time it asked (arbiter time).
     last_ns: u64,
     /// It has frames waiting (it asked recently and has not run dry).
     backlogged: bool,
@@ -55,9 +64,13 @@ pub struct Share {
     senders: Vec<Sender>,
     /// Virtual time: the least start tag among eligible backlogged senders.
     vtime: u64,
-    /// Until when (ns) the destination counts as congested.
+    /// Arbiter time (ns): see the module documentation.
+    clock_ns: u64,
+    /// Wall time (ns) of the last look at the arbiter.
+    looked_ns: u64,
+    /// Until when (arbiter time) the destination counts as congested.
     congested_until_ns: u64,
-    /// Until when (ns) its next room is reserved for a guarantee.
+    /// Until when (arbiter time) its next room is reserved for a guarantee.
     reserved_until_ns: u64,
     /// The link (`speed`): a bucket at that rate, with the Mbit/s it was
     /// made for.
@@ -74,6 +87,26 @@ impl Share {
     pub const CONGESTED_NS: u64 = 2_000_000;
     /// How long room stays reserved for a guarantee that found none.
     pub const RESERVE_NS: u64 = 1_000_000;
+    /// The most arbiter time one gap between looks counts for: more than
+    /// an engine's pause between two turns at a busy destination, well
+    /// under the windows above.
+    pub const MAX_GAP_NS: u64 = 500_000;
+
+    /// Arbiter time at wall time `now_ns`, without taking the look.
+    #[inline]
+    fn clock_at(&self, now_ns: u64) -> u64 {
+        self.clock_ns + now_ns.saturating_sub(self.looked_ns).min(Self::MAX_GAP_NS)
+    }
+
+    /// A look at the arbiter at wall time `now_ns`: advances its clock and
+    /// returns it. Looks from several engines may arrive slightly out of
+    /// order; an earlier one counts as no time.
+    #[inline]
+    fn tick(&mut self, now_ns: u64) -> u64 {
+        self.clock_ns = self.clock_at(now_ns);
+        self.looked_ns = self.looked_ns.max(now_ns);
+        self.clock_ns
+    }
 
     /// Brings the link bucket in line with the destination's speed in
     /// Mbit/s (a changed speed starts a fresh bucket; 0 removes it).
@@ -121,13 +154,13 @@ impl Share {
     /// Records a sign of congestion at `now_ns` (no room for a frame).
     #[inline]
     pub fn mark_congested(&mut self, now_ns: u64) {
-        self.congested_until_ns = now_ns + Self::CONGESTED_NS;
+        self.congested_until_ns = self.tick(now_ns) + Self::CONGESTED_NS;
     }
 
     /// True while senders are admitted in fair order.
     #[inline]
     pub fn congested(&mut self, now_ns: u64) -> bool {
-        if now_ns < self.congested_until_ns {
+        if self.tick(now_ns) < self.congested_until_ns {
             return true;
         }
         // A link that has not refilled to a full burst is in use at its
@@ -140,7 +173,7 @@ impl Share {
 
     /// A guaranteed frame found no room: hold the next room for it.
     pub fn reserve(&mut self, now_ns: u64) {
-        self.reserved_until_ns = now_ns + Self::RESERVE_NS;
+        self.reserved_until_ns = self.tick(now_ns) + Self::RESERVE_NS;
     }
 
     /// The guaranteed sender got its room.
@@ -150,7 +183,7 @@ impl Share {
 
     /// True while room is held for a guarantee.
     pub fn reserved(&self, now_ns: u64) -> bool {
-        now_ns < self.reserved_until_ns
+        self.clock_at(now_ns) < self.reserved_until_ns
     }
 
     /// `vf` ran dry (its queue is empty): it leaves the contention until
@@ -175,20 +208,21 @@ impl Share {
         now_ns: u64,
         held: impl Fn(u16) -> bool,
     ) -> bool {
+        let clock = self.tick(now_ns);
         let i = match self.senders.iter().position(|s| s.vf == vf) {
             Some(i) => i,
             None => {
-                self.senders.push(Sender { vf, tag: self.vtime, last_ns: now_ns, backlogged: false });
+                self.senders.push(Sender { vf, tag: self.vtime, last_ns: clock, backlogged: false });
                 self.senders.len() - 1
             }
         };
         for (k, s) in self.senders.iter_mut().enumerate() {
-            if k != i && now_ns.saturating_sub(s.last_ns) >= Self::ACTIVE_NS {
+            if k != i && clock.saturating_sub(s.last_ns) >= Self::ACTIVE_NS {
                 s.backlogged = false;
             }
         }
         let me = &mut self.senders[i];
-        me.last_ns = now_ns;
+        me.last_ns = clock;
         if !me.backlogged {
             // Back from idle: start at the current virtual time (no credit
             // banked while away, none lost by it either).
@@ -362,7 +396,44 @@ mod tests {
             t += 1;
         }
         assert!(t < 10, "sender 2 ran ahead of a backlogged sender 1");
-        assert!(f.admit(2, 1, 1000, Q, Share::ACTIVE_NS + 1, NEVER_HELD));
+        // Sender 2 keeps asking (every 100 us) and is held back until
+        // sender 1 has been silent for ACTIVE_NS.
+        let step = 100_000;
+        let mut waited = 0;
+        while !f.admit(2, 1, 1000, Q, t + waited, NEVER_HELD) {
+            waited += step;
+            assert!(waited <= Share::ACTIVE_NS + step, "sender 1 never left");
+        }
+        assert!(waited + step >= Share::ACTIVE_NS, "sender 1 left after {waited} ns");
+    }
+
+    /// An engine that the host paused (no look at the arbiter for far
+    /// longer than the windows) finds the destination still congested and
+    /// its senders still in contention; only watched time ends them.
+    #[test]
+    fn a_pause_without_looks_ends_nothing() {
+        let mut f = Share::default();
+        assert!(f.admit(1, 1, 1000, Q, 0, NEVER_HELD));
+        f.mark_congested(1);
+        f.reserve(1);
+        let back = 50 * Share::ACTIVE_NS;
+        assert!(f.reserved(back), "a reservation outlives the pause");
+        assert!(f.congested(back), "congestion outlives the pause");
+        // Sender 1 did not ask during the pause, nor did anyone: it still
+        // holds sender 2 to its fair order.
+        let mut t = back;
+        while f.admit(2, 1, 1000, Q, t, NEVER_HELD) {
+            t += 1;
+        }
+        assert!(t - back < 10, "sender 2 ran ahead of sender 1 after a pause");
+        // Looks every 100 us with no new sign: congestion ends after
+        // CONGESTED_NS of them.
+        let mut watched = 0;
+        while f.congested(t + watched) {
+            watched += 100_000;
+            assert!(watched <= Share::CONGESTED_NS + Share::MAX_GAP_NS, "congestion never ends");
+        }
+        assert!(watched >= Share::CONGESTED_NS - Share::MAX_GAP_NS, "ended after {watched} ns");
     }
 
     /// A sender held by its own shaper does not hold the others back.
@@ -380,8 +451,13 @@ mod tests {
         let mut f = Share::default();
         assert!(!f.congested(0));
         f.mark_congested(10);
-        assert!(f.congested(10 + Share::CONGESTED_NS - 1));
-        assert!(!f.congested(10 + Share::CONGESTED_NS));
+        // Looked at every 100 us: congested for CONGESTED_NS, then not.
+        let mut t = 10;
+        while t < 10 + Share::CONGESTED_NS {
+            assert!(f.congested(t), "{t}");
+            t += 100_000;
+        }
+        assert!(!f.congested(t));
         let t0 = 10 * Share::CONGESTED_NS;
         f.set_speed(100, t0);
         assert!(!f.congested(t0 + 1), "a full link bucket is not contention");
@@ -401,10 +477,16 @@ mod tests {
         let mut f = Share::default();
         f.reserve(0);
         assert!(f.reserved(Share::RESERVE_NS - 1));
-        assert!(!f.reserved(Share::RESERVE_NS));
-        f.reserve(0);
+        // Watched time (looks every 100 us) ends it.
+        let mut t = 0;
+        while t <= Share::RESERVE_NS {
+            t += 100_000;
+            f.congested(t);
+        }
+        assert!(!f.reserved(t));
+        f.reserve(t);
         f.release();
-        assert!(!f.reserved(1));
+        assert!(!f.reserved(t + 1));
     }
 
     proptest::proptest! {

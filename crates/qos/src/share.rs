@@ -93,7 +93,7 @@ impl Share {
     pub const MAX_GAP_NS: u64 = 500_000;
 
     /// Arbiter time at wall time `now_ns`, without taking the look.
-    #[inline]
+    #[inline(always)]
     fn clock_at(&self, now_ns: u64) -> u64 {
         self.clock_ns + now_ns.saturating_sub(self.looked_ns).min(Self::MAX_GAP_NS)
     }
@@ -101,7 +101,7 @@ impl Share {
     /// A look at the arbiter at wall time `now_ns`: advances its clock and
     /// returns it. Looks from several engines may arrive slightly out of
     /// order; an earlier one counts as no time.
-    #[inline]
+    #[inline(always)]
     fn tick(&mut self, now_ns: u64) -> u64 {
         self.clock_ns = self.clock_at(now_ns);
         self.looked_ns = self.looked_ns.max(now_ns);
@@ -158,13 +158,16 @@ impl Share {
     }
 
     /// True while senders are admitted in fair order.
-    #[inline]
+    #[inline(always)]
     pub fn congested(&mut self, now_ns: u64) -> bool {
-        if self.tick(now_ns) < self.congested_until_ns {
-            return true;
-        }
-        // A link that has not refilled to a full burst is in use at its
-        // rate: its senders contend for it.
+        self.tick(now_ns) < self.congested_until_ns || (self.link.is_some() && self.link_busy(now_ns))
+    }
+
+    /// A link that has not refilled to a full burst is in use at its rate:
+    /// its senders contend for it. (Out of line: the per-run check of a
+    /// receiver without a link stays a few instructions.)
+    #[inline(never)]
+    fn link_busy(&mut self, now_ns: u64) -> bool {
         match self.link.as_mut() {
             Some((_, b)) => b.tokens(now_ns) < b.burst_bytes() as i64,
             None => false,

@@ -320,12 +320,42 @@ impl PackedRing {
     /// nothing; a malformed chain is refused later by
     /// [`PackedRing::pop_chain`].
     pub fn room_upto(&self, max: u16) -> u16 {
+        self.walk_avail(max, false)
+    }
+
+    /// Hint for buffers about to be written: the first two cache lines of
+    /// the buffers of the next `max` available chains (one-buffer chains
+    /// only) are fetched for writing. Takes and checks nothing (a bad
+    /// descriptor is refused when popped).
+    pub fn prefetch_buffers_write(&self, max: u16) {
+        self.walk_avail(max, true);
+    }
+
+    /// [`PackedRing::room_upto`] and [`PackedRing::prefetch_buffers_write`]
+    /// in one walk of the flags.
+    pub fn room_prefetching(&self, max: u16) -> u16 {
+        self.walk_avail(max, true)
+    }
+
+    /// Counts available chains up to `max` (see [`PackedRing::room_upto`]),
+    /// fetching the buffers of one-buffer chains for writing if `prefetch`.
+    #[inline(always)]
+    fn walk_avail(&self, max: u16, prefetch: bool) -> u16 {
         let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
         let (mut chains, mut seen) = (0u16, 0u16);
         while chains < max && seen < self.size {
             let f = self.flags(slot);
             if !is_avail(f, wrap) {
                 break;
+            }
+            if prefetch && f & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
+                let (addr, len, _) = self.rest(slot);
+                if let Some(p) = self.mem.translate(addr, (len as u64).min(128)) {
+                    crate::copy::prefetch_write(p);
+                    if len > 64 {
+                        crate::copy::prefetch_write(p.wrapping_add(64));
+                    }
+                }
             }
             seen += 1;
             slot += 1;
@@ -338,34 +368,6 @@ impl PackedRing {
             }
         }
         chains
-    }
-
-    /// Hint for buffers about to be written: the first two cache lines of
-    /// the buffers of the next `max` available descriptors (one-buffer
-    /// chains only) are fetched for writing. Takes and checks nothing (a
-    /// bad descriptor is refused when popped).
-    pub fn prefetch_buffers_write(&self, max: u16) {
-        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
-        for _ in 0..max.min(self.size) {
-            let f = self.flags(slot);
-            if !is_avail(f, wrap) {
-                break;
-            }
-            if f & (DESC_F_NEXT | DESC_F_INDIRECT) == 0 {
-                let (addr, len, _) = self.rest(slot);
-                if let Some(p) = self.mem.translate(addr, (len as u64).min(128)) {
-                    crate::copy::prefetch_write(p);
-                    if len > 64 {
-                        crate::copy::prefetch_write(p.wrapping_add(64));
-                    }
-                }
-            }
-            slot += 1;
-            if slot == self.size {
-                slot = 0;
-                wrap = !wrap;
-            }
-        }
     }
 
     /// Takes and walks the next available chain into `chain`: consecutive
@@ -1148,7 +1150,9 @@ mod tests {
         let before = (r.next_avail_state(), r.room_upto(8));
         for max in [0, 1, 4, 64] {
             r.prefetch_buffers_write(max);
+            assert_eq!(r.room_prefetching(max), r.room_upto(max), "the count with the hint is the count");
         }
+        assert_eq!(before.1, 4);
         assert_eq!((r.next_avail_state(), r.room_upto(8)), before, "nothing taken");
         // The pops find the ring as the driver left it.
         assert_eq!(r.pop_chain(&mut c, W, false).unwrap().unwrap().id, 0);

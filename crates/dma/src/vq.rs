@@ -54,6 +54,22 @@ impl Virtqueue {
         }
     }
 
+    /// [`Virtqueue::room`] for a ring about to be written, with the hints
+    /// for it: [`Virtqueue::prefetch_burst`] and
+    /// [`Virtqueue::prefetch_buffers_write`] (a packed ring's count and
+    /// buffer hint are one walk of its flags).
+    #[inline]
+    pub fn room_prefetching(&mut self, max: u16) -> u16 {
+        match self {
+            Virtqueue::Split(r) => {
+                r.prefetch_burst(max);
+                r.prefetch_buffers_write(max);
+                r.pending().unwrap_or(0).min(max)
+            }
+            Virtqueue::Packed(r) => r.room_prefetching(max),
+        }
+    }
+
     /// Look-ahead hint for a burst of up to `max` chains (split rings: their
     /// descriptors and used-ring lines; packed rings read descriptors in
     /// order, which the hardware prefetcher follows). Returns how many
@@ -308,6 +324,7 @@ mod tests {
         assert_eq!(q.prefetch_burst(8), Some(4));
         q.prefetch_buffers_write(64);
         assert_eq!(q.room(8), 4, "the hint takes nothing");
+        assert_eq!((q.room_prefetching(8), q.room_prefetching(2), q.room(8)), (4, 2, 4), "nor does the count with it");
         let (n, e) = q.pop_burst(&mut chains, Access::DeviceWrites, false);
         assert_eq!((n, chains[0].len(), chains[1].len()), (2, 1500, 1512));
         assert!(matches!(e, Some(PopError::Chain(ChainError::OutOfBounds))), "{e:?}");

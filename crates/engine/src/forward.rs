@@ -246,13 +246,8 @@ fn rx_room(d: &Function, max: u16) -> u16 {
     let mut s = d.rx(0).lock();
     let ready = s.ready();
     match (ready, s.ring.as_mut()) {
-        (true, Some(r)) => {
-            if max >= HINT_MIN {
-                r.prefetch_burst(max);
-                r.prefetch_buffers_write(max);
-            }
-            r.room(max)
-        }
+        (true, Some(r)) if max >= HINT_MIN => r.room_prefetching(max),
+        (true, Some(r)) => r.room(max),
         _ => u16::MAX,
     }
 }

@@ -571,7 +571,7 @@ impl PackedRing {
         }
         self.shadow[self.shadow_n] = UsedDesc { slot: self.next_used, id, len, flags };
         self.shadow_n += 1;
-        let ndesc = ndesc.clamp(1, self.size);
+        let ndesc = ndesc.max(1).min(self.size);
         (self.next_used, self.used_wrap) = advance(self.next_used, self.used_wrap, ndesc, self.size);
         self.unsignalled = self.unsignalled.saturating_add(ndesc as u32);
         self.in_flight = self.in_flight.saturating_sub(chains);
@@ -581,6 +581,7 @@ impl PackedRing {
     /// Writes the queued used descriptors into the ring: every id and len,
     /// then every flags but the batch's first, whose flags
     /// [`PackedRing::publish_used`] stores last.
+    #[inline(never)]
     fn write_shadow(&mut self) {
         let queued = &self.shadow[..self.shadow_n];
         for u in queued {

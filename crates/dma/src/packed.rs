@@ -323,16 +323,11 @@ impl PackedRing {
         self.walk_avail(max, false)
     }
 
-    /// Hint for buffers about to be written: the first two cache lines of
-    /// the buffers of the next `max` available chains (one-buffer chains
-    /// only) are fetched for writing. Takes and checks nothing (a bad
-    /// descriptor is refused when popped).
-    pub fn prefetch_buffers_write(&self, max: u16) {
-        self.walk_avail(max, true);
-    }
-
-    /// [`PackedRing::room_upto`] and [`PackedRing::prefetch_buffers_write`]
-    /// in one walk of the flags.
+    /// [`PackedRing::room_upto`] for a ring about to be written, in the
+    /// same walk of the flags a hint for its buffers: the first two cache
+    /// lines of the buffers of the chains counted (one-buffer chains only)
+    /// are fetched for writing. Takes and checks nothing more than the
+    /// count does (a bad descriptor is refused when popped).
     pub fn room_prefetching(&self, max: u16) -> u16 {
         self.walk_avail(max, true)
     }
@@ -1150,7 +1145,6 @@ mod tests {
         d.offer(3, &[(u64::MAX - 4, 100, DESC_F_WRITE)]);
         let before = (r.next_avail_state(), r.room_upto(8));
         for max in [0, 1, 4, 64] {
-            r.prefetch_buffers_write(max);
             assert_eq!(r.room_prefetching(max), r.room_upto(max), "the count with the hint is the count");
         }
         assert_eq!(before.1, 4);

@@ -55,9 +55,10 @@ impl Virtqueue {
     }
 
     /// [`Virtqueue::room`] for a ring about to be written, with the hints
-    /// for it: [`Virtqueue::prefetch_burst`] and
-    /// [`Virtqueue::prefetch_buffers_write`] (a packed ring's count and
-    /// buffer hint are one walk of its flags).
+    /// for it: [`Virtqueue::prefetch_burst`], and the first two cache lines
+    /// of the buffers of its next `max` available chains (those of one
+    /// buffer) fetched for writing (a packed ring's count and buffer hint
+    /// are one walk of its flags). Nothing is taken or checked.
     #[inline]
     pub fn room_prefetching(&mut self, max: u16) -> u16 {
         match self {
@@ -81,16 +82,6 @@ impl Virtqueue {
         match self {
             Virtqueue::Split(r) => r.prefetch_burst(max),
             Virtqueue::Packed(_) => None,
-        }
-    }
-
-    /// Hint for an RX ring about to be written: the first two cache lines
-    /// of the buffers of its next `max` available chains (those of one
-    /// buffer) are fetched for writing. Nothing is taken or checked.
-    pub fn prefetch_buffers_write(&self, max: u16) {
-        match self {
-            Virtqueue::Split(r) => r.prefetch_buffers_write(max),
-            Virtqueue::Packed(r) => r.prefetch_buffers_write(max),
         }
     }
 
@@ -322,7 +313,7 @@ mod tests {
         // entry past the size (masked by the hint, refused by the pop).
         t.publish(0, &[0, 2, 1, 9]);
         assert_eq!(q.prefetch_burst(8), Some(4));
-        q.prefetch_buffers_write(64);
+        assert_eq!(q.room_prefetching(64), 4);
         assert_eq!(q.room(8), 4, "the hint takes nothing");
         assert_eq!((q.room_prefetching(8), q.room_prefetching(2), q.room(8)), (4, 2, 4), "nor does the count with it");
         let (n, e) = q.pop_burst(&mut chains, Access::DeviceWrites, false);

@@ -284,6 +284,23 @@ impl Chain {
         }
     }
 
+    /// Makes the chain the one buffer `ptr` of `len` bytes (translated from
+    /// `mem` by the caller, which checked its permission: device-writable
+    /// if `writable`), taken as `token`: [`Chain::start`] and
+    /// [`Chain::single`] in one, for [`crate::packed::PackedRing::pop_simple`].
+    #[inline(always)]
+    pub(crate) fn set_single(&mut self, mem: &Arc<GuestMemory>, ptr: *mut u8, len: u32, writable: bool, token: Token) {
+        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
+            self.mem = Some(mem.clone());
+        }
+        self.head = token.id;
+        self.ndesc = token.ndesc;
+        self.segs[0] = Segment { ptr, len };
+        self.n = 1;
+        self.len = len as u64;
+        self.readable = if writable { 0 } else { len as u64 };
+    }
+
     /// Forgets the segments taken so far (a walk failed).
     pub(crate) fn clear(&mut self) {
         self.n = 0;

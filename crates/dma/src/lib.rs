@@ -32,7 +32,7 @@ pub mod tsc;
 pub mod vq;
 
 pub use chain::{Chain, ChainError, Segment, MAX_CHAIN_SEGMENTS};
-pub use mem::{GuestMemory, MemError, RegionSpec};
+pub use mem::{GuestMemory, MemError, RegionSpec, Window};
 pub use packed::{PackedRing, PopError, Token};
 pub use ring::{RingAddrs, RingError, SplitRing};
 pub use vq::Virtqueue;

@@ -81,6 +81,30 @@ struct Region {
     _fd: OwnedFd,
 }
 
+/// One region's guest-physical range and where it is mapped: what
+/// [`GuestMemory::translate`] looks at, copied out (see
+/// [`GuestMemory::first_window`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    gpa: u64,
+    size: u64,
+    host: *mut u8,
+}
+
+impl Window {
+    /// Translates nothing.
+    const EMPTY: Window = Window { gpa: 0, size: 0, host: std::ptr::null_mut() };
+
+    /// [`GuestMemory::translate`] within this region only: `None` if the
+    /// range does not lie inside it (it may still lie in another).
+    #[inline(always)]
+    pub fn translate(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let off = gpa.wrapping_sub(self.gpa);
+        // Cannot overflow: off < size, which fits in usize.
+        (off < self.size && len <= self.size - off).then(|| self.host.wrapping_add(off as usize))
+    }
+}
+
 /// A tenant's memory table, mapped.
 ///
 /// Host pointers handed out by the `translate` methods stay valid as long as
@@ -147,6 +171,18 @@ impl GuestMemory {
     /// The regions as the front end declared them.
     pub fn specs(&self) -> impl Iterator<Item = &RegionSpec> {
         self.regions.iter().map(|r| &r.spec)
+    }
+
+    /// The first region as a [`Window`]: a copy of what translating into
+    /// it needs, for a loop to keep in registers (tenants mostly have one
+    /// region, or their buffers in one).
+    #[inline]
+    pub fn first_window(&self) -> Window {
+        self.regions.first().map_or(Window::EMPTY, |r| Window {
+            gpa: r.spec.guest_phys_addr,
+            size: r.spec.memory_size,
+            host: r.host,
+        })
     }
 
     /// Translates `[gpa, gpa + len)` to host memory if the range lies inside

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::chain::{Access, Chain};
 use crate::mem::GuestMemory;
+use crate::packed::Token;
 
 /// Largest ring the spec allows.
 pub const MAX_RING_SIZE: u16 = 32768;
@@ -182,6 +184,54 @@ impl SplitRing {
         }
         self.next_avail = self.next_avail.wrapping_add(1);
         Ok(head)
+    }
+
+    /// Takes the next available chains into `chains`, as long as each is
+    /// the common chain (a head inside the table whose descriptor has no
+    /// `DESC_F_NEXT` or `DESC_F_INDIRECT`, a non-empty buffer with the
+    /// permission `access` needs, inside one region): the chains, with the
+    /// checks, that [`Chain::walk`] takes on its first branch. Stops at the
+    /// first that is not (or when none is available, the driver's index read
+    /// only when those seen last are used up) and returns how many were
+    /// taken; the rest is for [`SplitRing::pop_head`] and [`Chain::walk`].
+    /// Each chain taken has its first lines fetched (for writing with
+    /// [`Access::DeviceWrites`]).
+    #[inline]
+    pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
+        let writes = match access {
+            Access::DeviceReads => false,
+            Access::DeviceWrites => true,
+            Access::Mixed => return 0,
+        };
+        let want = if writes { DESC_F_WRITE } else { 0 };
+        if !self.has_avail().unwrap_or(false) {
+            return 0;
+        }
+        let avail = self.avail_shadow.wrapping_sub(self.next_avail) as usize;
+        let window = self.mem.first_window();
+        let mut n = 0;
+        for c in chains.iter_mut().take(avail) {
+            let head = self.avail_entry(n as u16);
+            if head >= self.size {
+                break;
+            }
+            let d = self.desc(head);
+            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want || d.len == 0 {
+                break;
+            }
+            let Some(ptr) = window.translate(d.addr, d.len as u64).or_else(|| self.mem.translate(d.addr, d.len as u64))
+            else {
+                break;
+            };
+            c.set_single(&self.mem, ptr, d.len, writes, Token { id: head, ndesc: 1 });
+            crate::copy::prefetch_for(ptr, writes);
+            if d.len > 64 {
+                crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
+            }
+            n += 1;
+        }
+        self.next_avail = self.next_avail.wrapping_add(n as u16);
+        n
     }
 
     /// The avail ring's entry `ahead` places after the next one to take
@@ -453,6 +503,49 @@ pub(crate) mod tests {
             r.publish_used();
             at = at.wrapping_add(2);
             assert_eq!(t.used_idx(), at);
+        }
+    }
+
+    #[test]
+    fn pop_simple_takes_only_common_chains_and_stops_where_the_walk_must_look() {
+        let t = TestRing::new(8);
+        let mut r = t.ring(false);
+        let mut cs: Vec<Chain> = (0..8).map(|_| Chain::default()).collect();
+        let b = |k: u64| GPA + BUF_OFF + 4096 * k;
+        let (rd, wr) = (Access::DeviceReads, Access::DeviceWrites);
+        t.set_desc(0, Desc { addr: b(0), len: 64, flags: 0, next: 0 });
+        t.set_desc(1, Desc { addr: b(1), len: 100, flags: 0, next: 0 });
+        t.set_desc(2, Desc { addr: b(2), len: 10, flags: DESC_F_NEXT, next: 3 });
+        t.set_desc(3, Desc { addr: b(3), len: 20, flags: 0, next: 0 });
+        t.set_desc(4, Desc { addr: b(4), len: 30, flags: 0, next: 0 });
+        t.publish(0, &[1, 0, 2, 4]);
+        assert_eq!(r.pop_simple(&mut cs, rd), 2);
+        assert_eq!((cs[0].head(), cs[0].len(), cs[0].readable_len(), cs[1].head()), (1, 100, 100, 0));
+        assert_eq!(r.pop_simple(&mut cs, rd), 0, "a chain of two is the walk's");
+        let head = r.pop_head().unwrap();
+        cs[2].walk(&r, head, rd, false).unwrap();
+        assert_eq!((head, cs[2].len()), (2, 30));
+        // Control queues (mixed access) are always walked.
+        assert_eq!(r.pop_simple(&mut cs[3..], Access::Mixed), 0);
+        assert_eq!(r.pop_simple(&mut cs[3..], rd), 1);
+        assert_eq!(cs[3].head(), 4);
+        assert_eq!(r.pop_simple(&mut cs, rd), 0, "nothing more available");
+
+        // Each malformed one-buffer chain (or an empty buffer): nothing
+        // taken, the ring not moved; pop_head and the walk then have it.
+        for (d, head, access) in [
+            (Desc { addr: b(0), len: 64, flags: DESC_F_WRITE, next: 0 }, 5, rd),
+            (Desc { addr: b(0), len: 64, flags: 0, next: 0 }, 5, wr),
+            (Desc { addr: 0x1000, len: 64, flags: 0, next: 0 }, 5, rd),
+            (Desc { addr: b(0), len: 0, flags: 0, next: 0 }, 5, rd),
+            (Desc { addr: b(0), len: 64, flags: 0, next: 0 }, 9, rd),
+        ] {
+            let t = TestRing::new(8);
+            let mut r = t.ring(false);
+            t.set_desc(5, d);
+            t.publish(0, &[head]);
+            assert_eq!(r.pop_simple(&mut cs, access), 0, "{d:?}");
+            assert_eq!(r.pending(), Ok(1));
         }
     }
 

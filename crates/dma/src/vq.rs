@@ -235,7 +235,8 @@ fn split_pop_burst(
     access: Access,
     indirect_ok: bool,
 ) -> (usize, Option<PopError>) {
-    pop_each(chains, access == Access::DeviceWrites, |c| {
+    let simple = r.pop_simple(chains, access);
+    let (n, e) = pop_each(&mut chains[simple..], access == Access::DeviceWrites, |c| {
         if !r.has_avail()? {
             return Ok(false);
         }
@@ -246,7 +247,8 @@ fn split_pop_burst(
             return Err(e.into());
         }
         Ok(true)
-    })
+    });
+    (simple + n, e)
 }
 
 /// [`Virtqueue::pop_burst`] for a packed ring.
@@ -257,7 +259,11 @@ fn packed_pop_burst(
     access: Access,
     indirect_ok: bool,
 ) -> (usize, Option<PopError>) {
-    pop_each(chains, access == Access::DeviceWrites, |c| Ok(r.pop_chain(c, access, indirect_ok)?.is_some()))
+    let simple = r.pop_simple(chains, access);
+    let (n, e) = pop_each(&mut chains[simple..], access == Access::DeviceWrites, |c| {
+        Ok(r.pop_chain(c, access, indirect_ok)?.is_some())
+    });
+    (simple + n, e)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use vfnic_types::ErrorKind;
 
-use crate::mem::GuestMemory;
+use crate::mem::{GuestMemory, Window};
 use crate::packed::Token;
 use crate::ring::{Desc, SplitRing, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
@@ -39,6 +39,21 @@ pub enum Access {
     /// one is an error; [`Chain::readable_len`] says where the writable
     /// part starts.
     Mixed,
+}
+
+impl Access {
+    /// For the rings' `pop_simple`: whether the device writes a one-buffer
+    /// chain's buffer, and the `DESC_F_WRITE` bit its descriptor must have
+    /// for that; `None` for [`Access::Mixed`] (control-queue chains are
+    /// always walked).
+    #[inline(always)]
+    pub(crate) fn one_buffer(self) -> Option<(bool, u16)> {
+        match self {
+            Access::DeviceReads => Some((false, 0)),
+            Access::DeviceWrites => Some((true, DESC_F_WRITE)),
+            Access::Mixed => None,
+        }
+    }
 }
 
 /// A malformed chain.
@@ -284,12 +299,25 @@ impl Chain {
         }
     }
 
-    /// Makes the chain the one buffer `ptr` of `len` bytes (translated from
-    /// `mem` by the caller, which checked its permission: device-writable
-    /// if `writable`), taken as `token`: [`Chain::start`] and
-    /// [`Chain::single`] in one, for [`crate::packed::PackedRing::pop_simple`].
+    /// Takes the one buffer at `addr` of `len` bytes (its permission
+    /// checked by the caller: device-writable if `writes`) as the whole
+    /// chain, taken as `token`, if it lies inside one region (`window`
+    /// tried first, then the rest of `mem`), and starts fetching its first
+    /// lines; false, with the chain untouched, if it does not.
+    /// [`Chain::start`] and [`Chain::single`] in one, for the rings'
+    /// `pop_simple`.
     #[inline(always)]
-    pub(crate) fn set_single(&mut self, mem: &Arc<GuestMemory>, ptr: *mut u8, len: u32, writable: bool, token: Token) {
+    pub(crate) fn take_one(
+        &mut self,
+        mem: &Arc<GuestMemory>,
+        window: Window,
+        (addr, len): (u64, u32),
+        writes: bool,
+        token: Token,
+    ) -> bool {
+        let Some(ptr) = window.translate(addr, len as u64).or_else(|| mem.translate(addr, len as u64)) else {
+            return false;
+        };
         if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             self.mem = Some(mem.clone());
         }
@@ -298,7 +326,12 @@ impl Chain {
         self.segs[0] = Segment { ptr, len };
         self.n = 1;
         self.len = len as u64;
-        self.readable = if writable { 0 } else { len as u64 };
+        self.readable = if writes { 0 } else { len as u64 };
+        crate::copy::prefetch_for(ptr, writes);
+        if len > 64 {
+            crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
+        }
+        true
     }
 
     /// Forgets the segments taken so far (a walk failed).

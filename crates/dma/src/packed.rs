@@ -415,16 +415,12 @@ impl PackedRing {
     /// fetched (for writing with [`Access::DeviceWrites`]).
     ///
     /// One loop with the ring's position in registers and the ring's
-    /// counters moved once: a burst's chains cost about half the
-    /// instructions of one [`PackedRing::pop_chain`] each.
+    /// counters moved once: fewer instructions per chain than
+    /// [`PackedRing::pop_chain`] (a burst of 64-byte frames through the
+    /// switch: 843 -> 793 per frame).
     #[inline]
     pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
-        let writes = match access {
-            Access::DeviceReads => false,
-            Access::DeviceWrites => true,
-            Access::Mixed => return 0,
-        };
-        let want = if writes { DESC_F_WRITE } else { 0 };
+        let Some((writes, want)) = access.one_buffer() else { return 0 };
         let size = self.size;
         // A chain takes one descriptor of those not taken and not returned.
         let room = (size as u32).saturating_sub(self.in_flight_desc) as usize;
@@ -440,13 +436,8 @@ impl PackedRing {
             if id >= size || len == 0 {
                 break;
             }
-            let Some(ptr) = window.translate(addr, len as u64).or_else(|| self.mem.translate(addr, len as u64)) else {
+            if !c.take_one(&self.mem, window, (addr, len), writes, Token { id, ndesc: 1 }) {
                 break;
-            };
-            c.set_single(&self.mem, ptr, len, writes, Token { id, ndesc: 1 });
-            crate::copy::prefetch_for(ptr, writes);
-            if len > 64 {
-                crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
             }
             n += 1;
             slot += 1;
@@ -869,6 +860,14 @@ mod tests {
         fn device_event(&self) -> (u16, u16) {
             let b = self.t.read(GPA + USED_OFF, 4);
             (u16::from_le_bytes([b[0], b[1]]), u16::from_le_bytes([b[2], b[3]]))
+        }
+    }
+
+    /// A small deterministic generator: `rnd(m)` is in `0..m`.
+    fn lcg(mut seed: u32) -> impl FnMut(u32) -> u32 {
+        move |m| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) % m
         }
     }
 
@@ -1489,11 +1488,7 @@ mod tests {
         let mut cs: Vec<Chain> = (0..size).map(|_| Chain::default()).collect();
         let mut free: Vec<u16> = (0..size).collect();
         let mut room = size;
-        let mut seed = 0x9e37_79b9u32;
-        let mut rnd = |m: u32| {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (seed >> 16) % m
-        };
+        let mut rnd = lcg(0x9e37_79b9u32);
         let mut expect = std::collections::VecDeque::new();
         let mut simple = 0;
         for _ in 0..3000 {
@@ -1540,11 +1535,7 @@ mod tests {
         let mut c = Chain::default();
         let mut free: Vec<u16> = (0..size).collect();
         let mut room = size;
-        let mut seed = 0x1234_5678u32;
-        let mut rnd = |m: u32| {
-            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (seed >> 16) % m
-        };
+        let mut rnd = lcg(0x1234_5678u32);
         let mut expect = std::collections::VecDeque::new();
         for _ in 0..2000 {
             // Driver offers a few chains if there is room.

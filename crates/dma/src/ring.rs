@@ -198,12 +198,7 @@ impl SplitRing {
     /// [`Access::DeviceWrites`]).
     #[inline]
     pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
-        let writes = match access {
-            Access::DeviceReads => false,
-            Access::DeviceWrites => true,
-            Access::Mixed => return 0,
-        };
-        let want = if writes { DESC_F_WRITE } else { 0 };
+        let Some((writes, want)) = access.one_buffer() else { return 0 };
         if !self.has_avail().unwrap_or(false) {
             return 0;
         }
@@ -219,14 +214,8 @@ impl SplitRing {
             if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want || d.len == 0 {
                 break;
             }
-            let Some(ptr) = window.translate(d.addr, d.len as u64).or_else(|| self.mem.translate(d.addr, d.len as u64))
-            else {
+            if !c.take_one(&self.mem, window, (d.addr, d.len), writes, Token { id: head, ndesc: 1 }) {
                 break;
-            };
-            c.set_single(&self.mem, ptr, d.len, writes, Token { id: head, ndesc: 1 });
-            crate::copy::prefetch_for(ptr, writes);
-            if d.len > 64 {
-                crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
             }
             n += 1;
         }

@@ -193,9 +193,10 @@ impl SplitRing {
     /// checks, that [`Chain::walk`] takes on its first branch. Stops at the
     /// first that is not (or when none is available, the driver's index read
     /// only when those seen last are used up) and returns how many were
-    /// taken; the rest is for [`SplitRing::pop_head`] and [`Chain::walk`].
-    /// Each chain taken has its first lines fetched (for writing with
-    /// [`Access::DeviceWrites`]).
+    /// taken; the rest is for [`SplitRing::pop_head`] and [`Chain::walk`],
+    /// which also report what is wrong (a bad head, or an avail index
+    /// running ahead, for which this takes nothing). Each chain taken has
+    /// its first lines fetched (for writing with [`Access::DeviceWrites`]).
     #[inline]
     pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
         let Some((writes, want)) = access.one_buffer() else { return 0 };
@@ -536,6 +537,14 @@ pub(crate) mod tests {
             assert_eq!(r.pop_simple(&mut cs, access), 0, "{d:?}");
             assert_eq!(r.pending(), Ok(1));
         }
+        // An avail index running ahead of the ring: nothing taken; the
+        // index check reports it.
+        let t = TestRing::new(8);
+        let mut r = t.ring(false);
+        t.set_desc(0, Desc { addr: b(0), len: 64, flags: 0, next: 0 });
+        t.write(GPA + AVAIL_OFF + 2, &9u16.to_le_bytes());
+        assert_eq!(r.pop_simple(&mut cs, rd), 0);
+        assert_eq!(r.pending(), Err(RingError::AvailIndex(9)));
     }
 
     #[test]

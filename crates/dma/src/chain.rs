@@ -271,9 +271,26 @@ impl Chain {
         self.n = 0;
         self.len = 0;
         self.readable = 0;
+        self.adopt(mem);
+    }
+
+    /// Points the chain at `mem`, cloning the Arc only when the memory
+    /// table changed.
+    #[inline(always)]
+    fn adopt(&mut self, mem: &Arc<GuestMemory>) {
         if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
             self.mem = Some(mem.clone());
         }
+    }
+
+    /// Makes `ptr` of `len` bytes the chain's only segment (device-readable
+    /// unless `writable`).
+    #[inline(always)]
+    fn set_one(&mut self, ptr: *mut u8, len: u32, writable: bool) {
+        self.segs[0] = Segment { ptr, len };
+        self.n = 1;
+        self.len = len as u64;
+        self.readable = if writable { 0 } else { len as u64 };
     }
 
     /// The common chain of one buffer that lies in one region: takes it as
@@ -289,10 +306,7 @@ impl Chain {
         }
         match mem.translate(addr, len as u64) {
             Some(ptr) => {
-                self.segs[0] = Segment { ptr, len };
-                self.n = 1;
-                self.len = len as u64;
-                self.readable = if writable { 0 } else { len as u64 };
+                self.set_one(ptr, len, writable);
                 true
             }
             None => false,
@@ -318,15 +332,9 @@ impl Chain {
         let Some(ptr) = window.translate(addr, len as u64).or_else(|| mem.translate(addr, len as u64)) else {
             return false;
         };
-        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
-            self.mem = Some(mem.clone());
-        }
-        self.head = token.id;
-        self.ndesc = token.ndesc;
-        self.segs[0] = Segment { ptr, len };
-        self.n = 1;
-        self.len = len as u64;
-        self.readable = if writes { 0 } else { len as u64 };
+        self.adopt(mem);
+        self.set_token(token);
+        self.set_one(ptr, len, writes);
         crate::copy::prefetch_for(ptr, writes);
         if len > 64 {
             crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
@@ -341,7 +349,8 @@ impl Chain {
         self.readable = 0;
     }
 
-    /// Sets what [`Chain::token`] returns once a packed walk succeeded.
+    /// Sets what [`Chain::token`] returns (a packed walk succeeded, or a
+    /// one-buffer chain was taken).
     pub(crate) fn set_token(&mut self, t: Token) {
         self.head = t.id;
         self.ndesc = t.ndesc;

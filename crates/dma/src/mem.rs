@@ -99,9 +99,24 @@ impl Window {
     /// range does not lie inside it (it may still lie in another).
     #[inline(always)]
     pub fn translate(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let (ptr, avail) = self.translate_partial(gpa)?;
+        (len <= avail).then_some(ptr)
+    }
+
+    /// [`GuestMemory::translate_partial`] within this region only.
+    #[inline(always)]
+    fn translate_partial(&self, gpa: u64) -> Option<(*mut u8, u64)> {
         let off = gpa.wrapping_sub(self.gpa);
         // Cannot overflow: off < size, which fits in usize.
-        (off < self.size && len <= self.size - off).then(|| self.host.wrapping_add(off as usize))
+        (off < self.size).then(|| (self.host.wrapping_add(off as usize), self.size - off))
+    }
+}
+
+impl Region {
+    /// What translating into this region needs.
+    #[inline(always)]
+    fn window(&self) -> Window {
+        Window { gpa: self.spec.guest_phys_addr, size: self.spec.memory_size, host: self.host }
     }
 }
 
@@ -178,11 +193,7 @@ impl GuestMemory {
     /// region, or their buffers in one).
     #[inline]
     pub fn first_window(&self) -> Window {
-        self.regions.first().map_or(Window::EMPTY, |r| Window {
-            gpa: r.spec.guest_phys_addr,
-            size: r.spec.memory_size,
-            host: r.host,
-        })
+        self.regions.first().map_or(Window::EMPTY, Region::window)
     }
 
     /// Translates `[gpa, gpa + len)` to host memory if the range lies inside
@@ -197,14 +208,7 @@ impl GuestMemory {
     /// region (a buffer may cross into the next region).
     #[inline]
     pub fn translate_partial(&self, gpa: u64) -> Option<(*mut u8, u64)> {
-        for r in &self.regions {
-            let off = gpa.wrapping_sub(r.spec.guest_phys_addr);
-            if off < r.spec.memory_size {
-                // Cannot overflow: off < memory_size, which fit in usize.
-                return Some((r.host.wrapping_add(off as usize), r.spec.memory_size - off));
-            }
-        }
-        None
+        self.regions.iter().find_map(|r| r.window().translate_partial(gpa))
     }
 
     /// Translates a front-end virtual address range (how vring addresses are

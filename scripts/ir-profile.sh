@@ -28,6 +28,7 @@
 # amount, measured in a run with the client idle) far more often under
 # valgrind than natively: those polls are taken out. testpmd's loop and
 # the PMD's wrappers are left out, as the engine's poll loop is for vfnic.
+# TOP and KEEP look at the last vfnic BIN's run (list one after `dpdk`).
 #
 # Env: SECS=10 SIZE=64 BURST=32 INFLIGHT=12 REPS=2 TOP=0
 #      KEEP=FILE (copy the last run's callgrind output there, for
@@ -156,19 +157,17 @@ dpdk() {
 }
 
 for bin in "$@"; do
-    if [ "$bin" = dpdk ]; then
-        : >"$OUT/ratios"
-        dpdk
-        echo "dpdk: median $(sort -n "$OUT/ratios" | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}') instructions per frame (SIZE=$SIZE BURST=$BURST INFLIGHT=$INFLIGHT$VU)"
-        continue
-    fi
     : >"$OUT/ratios"
-    for _ in $(seq "$REPS"); do
-        read -r frames ir < <(run "$bin")
-        [ "$frames" -gt 0 ] || { echo "$bin: no frames forwarded (see a run by hand)" >&2; exit 1; }
-        echo "$bin: $frames frames, $ir instructions, $((ir / frames)) per frame"
-        echo $((ir / frames)) >>"$OUT/ratios"
-    done
+    if [ "$bin" = dpdk ]; then
+        dpdk
+    else
+        for _ in $(seq "$REPS"); do
+            read -r frames ir < <(run "$bin")
+            [ "$frames" -gt 0 ] || { echo "$bin: no frames forwarded (see a run by hand)" >&2; exit 1; }
+            echo "$bin: $frames frames, $ir instructions, $((ir / frames)) per frame"
+            echo $((ir / frames)) >>"$OUT/ratios"
+        done
+    fi
     echo "$bin: median $(sort -n "$OUT/ratios" | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}') instructions per frame (SIZE=$SIZE BURST=$BURST INFLIGHT=$INFLIGHT$VU)"
 done
 [ -n "${KEEP:-}" ] && cp "$OUT/run/cg.out" "$KEEP"

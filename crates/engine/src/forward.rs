@@ -346,6 +346,139 @@ impl Scratch {
     }
 }
 
+/// Step 3 of [`process_tx`] for any burst: delivers the first `n` frames
+/// per destination, in order of first appearance: unicast targets, flood
+/// targets, and trusted promiscuous VFs (mirrors), each only within the
+/// frame's VLAN. Returns whether some frame is flooded and whether some
+/// goes to an uplink (step 3b).
+fn deliver_sorted(
+    f: &Function,
+    ports: &[Option<Arc<Function>>],
+    scratch: &mut Scratch,
+    hdr_len: u64,
+    n: usize,
+    any_offload: bool,
+) -> (bool, bool) {
+    scratch.ports.clear();
+    let mut any_flood = false;
+    let mut any_unicast = false;
+    let mut any_uplink = false;
+    for m in &scratch.dest {
+        match m.dest {
+            Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => any_uplink = true,
+            Dest::Port(p) => {
+                any_unicast = true;
+                if !scratch.ports.iter().any(|(q, _)| *q == p) {
+                    if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
+                        scratch.ports.push((p, scratch.policies.get(d)));
+                    } else {
+                        f.counters.drop_frames(DropReason::RxNotReady, 1);
+                    }
+                }
+            }
+            Dest::Flood => any_flood = true,
+            Dest::Nowhere => {}
+        }
+    }
+    // Mirrors: looked for only while some VF is promiscuous.
+    if any_flood || (any_unicast && vfnic_op::any_promiscuous()) {
+        for d in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
+            if scratch.ports.iter().any(|(q, _)| *q == d.id.0) {
+                continue;
+            }
+            let p = scratch.policies.get(d);
+            if any_flood || p.promisc {
+                scratch.ports.push((d.id.0, p));
+            }
+        }
+    }
+    for &(p, pp) in &scratch.ports {
+        let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
+        let connected = dest.connected();
+        let racked = dest.acked_features();
+        let for_p = |m: &Meta| -> Option<TagEdit> {
+            let to_p = match m.dest {
+                Dest::Port(q) => q == p || (pp.promisc && connected),
+                Dest::Flood => connected,
+                Dest::Nowhere => false,
+            };
+            (to_p && pp.vlan == m.domain).then_some(if m.tagged && pp.vlan != 0 {
+                TagEdit::Strip
+            } else {
+                TagEdit::Keep
+            })
+        };
+        let accepts = |m: &Meta| features::may_receive(racked, m.offload.flags, m.offload.gso_type);
+        let frame =
+            |chain, m: &Meta, tag| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload).with_tag(tag);
+        // RSS: with several active RX queues, each flow's hash picks one.
+        let active = active_rx_queues(dest);
+        let queue_of = |chain: &Chain, i: usize, hashes: &mut [Option<u32>]| -> u16 {
+            if active.len() < 2 {
+                return active.first().copied().unwrap_or(0);
+            }
+            let h = *hashes[i].get_or_insert_with(|| {
+                let mut head = [0u8; 64];
+                let mut cur = Cursor::new(chain);
+                cur.skip(hdr_len);
+                let got = cur.gather(&mut head);
+                rss::flow_hash(&rss::DEFAULT_KEY, &head[..got])
+            });
+            active[h as usize % active.len()]
+        };
+        if active.len() >= 2 {
+            scratch.hashes.clear();
+            scratch.hashes.resize(n, None);
+        }
+        if !any_offload || scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
+            // Fast path: the receiver takes every offload as it is (or there
+            // is none): one group per RX queue, one copy each, headers passed
+            // through.
+            // Each group is counted first (the receiver takes one RX chain per
+            // frame in one go): with one receiver, the burst bounds it.
+            if active.len() < 2 {
+                let q = active.first().copied().unwrap_or(0);
+                let count = if scratch.ports.len() == 1 {
+                    n
+                } else {
+                    scratch.dest.iter().filter(|m| for_p(m).is_some()).count()
+                };
+                let frames = scratch.tx[..n]
+                    .iter()
+                    .zip(&scratch.dest)
+                    .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
+                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
+                continue;
+            }
+            for &q in active.iter() {
+                let hashes = &mut scratch.hashes;
+                let mut to_q = |i: usize, chain: &Chain, m: &Meta| for_p(m).filter(|_| queue_of(chain, i, hashes) == q);
+                let count = (0..n).filter(|&i| to_q(i, &scratch.tx[i], &scratch.dest[i]).is_some()).count();
+                let frames = scratch.tx[..n]
+                    .iter()
+                    .zip(&scratch.dest)
+                    .enumerate()
+                    .filter_map(|(i, (chain, m))| to_q(i, chain, m).map(|tag| frame(chain, m, tag)));
+                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
+            }
+            continue;
+        }
+        // Some frame needs software offload for this receiver: deliver in
+        // order, frame by frame.
+        for (i, (chain, m)) in scratch.tx[..n].iter().zip(&scratch.dest).enumerate() {
+            let Some(tag) = for_p(m) else { continue };
+            let q = queue_of(chain, i, &mut scratch.hashes);
+            if accepts(m) {
+                deliver_group_to(dest, q, std::iter::once(frame(chain, m, tag)), &mut scratch.rx);
+            } else {
+                let (wire, seg, rx) = (&mut scratch.wire, &mut scratch.segmenter, &mut scratch.rx);
+                soft_offload(dest, q, chain, hdr_len, m, tag, wire, seg, rx);
+            }
+        }
+    }
+    (any_flood, any_uplink)
+}
+
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
 pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
@@ -480,6 +613,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     scratch.learn.clear();
     // Some frame of the burst asks for a checksum or segmentation offload.
     let mut any_offload = false;
+    // The one (port, VLAN) every frame so far goes to, untagged and not
+    // dropped (`None` once two differ or one is not such a frame): a burst
+    // delivered without sorting (step 3).
+    let mut single: Option<(u16, u16)> = None;
+    let mut plain = true;
     {
         let fdb = fabric.fdb.read();
         let generation = fdb.generation();
@@ -548,6 +686,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 None
             };
             if drop.is_some() {
+                plain = false;
                 scratch.dest.push(Meta { drop, ..nowhere });
                 continue;
             }
@@ -581,6 +720,10 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                     last_fwd = Some(((domain, dst), v));
                     v
                 }
+            };
+            plain &= match (dest, drop, tagged) {
+                (Dest::Port(p), None, false) => *single.get_or_insert((p, domain)) == (p, domain),
+                _ => false,
             };
             scratch.dest.push(Meta { dest, len, domain, tagged, drop, offload });
         }
@@ -661,6 +804,21 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             run = Some(Run { p, slot, share, open });
         }
         let r = run.as_mut().expect("set just above");
+        // The whole burst goes to this receiver and its arbiter is open:
+        // only its buffers count, for the rest of the burst at once.
+        let i = if plain && r.open {
+            let room = r.slot.map_or(usize::MAX, |k| rooms[k].1 as usize);
+            let k = room.min(n - i);
+            if let Some(slot) = r.slot {
+                rooms[slot].1 -= k as u16;
+            }
+            if k == n - i {
+                break;
+            }
+            i + k
+        } else {
+            i
+        };
         if r.slot.is_some_and(|k| rooms[k].1 == 0) {
             // No buffer posted for this frame: it waits, and the receiver's
             // senders now share it by weight; a guarantee holds the next
@@ -769,126 +927,30 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // targets, flood targets, and trusted promiscuous VFs (mirrors), each
     // only within the frame's VLAN. Nothing is delivered from memory the
     // tenant revoked under us. (`ports` is still the table step 2b read.)
-    scratch.ports.clear();
     if ring.mem().revoked() {
         scratch.dest.iter_mut().for_each(|m| m.dest = Dest::Nowhere);
+        plain = false;
     }
-    let mut any_flood = false;
-    let mut any_unicast = false;
-    let mut any_uplink = false;
-    for m in &scratch.dest {
-        match m.dest {
-            Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => any_uplink = true,
-            Dest::Port(p) => {
-                any_unicast = true;
-                if !scratch.ports.iter().any(|(q, _)| *q == p) {
-                    if let Some(d) = ports.get(p as usize).and_then(Option::as_ref) {
-                        scratch.ports.push((p, scratch.policies.get(d)));
-                    } else {
-                        f.counters.drop_frames(DropReason::RxNotReady, 1);
-                    }
-                }
-            }
-            Dest::Flood => any_flood = true,
-            Dest::Nowhere => {}
+    // The common burst: every frame to one VF, as it is. No sorting by
+    // receiver, no mirrors to look for.
+    let to_one = single
+        .filter(|&(p, _)| plain && !any_offload && !crate::uplink::is_uplink_port(vfnic_switch::PortId(p)))
+        .and_then(|(p, vlan)| {
+            let d = ports.get(p as usize).and_then(Option::as_ref)?;
+            let simple = d.queue_pairs() == 1 && !vfnic_op::any_promiscuous();
+            (simple && scratch.policies.get(d).vlan == vlan).then_some(d)
+        });
+    let (any_flood, any_uplink) = match to_one {
+        Some(d) => {
+            let frames = scratch.tx[..n]
+                .iter()
+                .zip(&scratch.dest)
+                .map(|(chain, m)| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload));
+            deliver_group_to(d, 0, Counted { frames, left: n }, &mut scratch.rx);
+            (false, false)
         }
-    }
-    // Mirrors: looked for only while some VF is promiscuous.
-    if any_flood || (any_unicast && vfnic_op::any_promiscuous()) {
-        for d in ports.iter().flatten().filter(|d| d.id != f.id && d.connected()) {
-            if scratch.ports.iter().any(|(q, _)| *q == d.id.0) {
-                continue;
-            }
-            let p = scratch.policies.get(d);
-            if any_flood || p.promisc {
-                scratch.ports.push((d.id.0, p));
-            }
-        }
-    }
-    for &(p, pp) in &scratch.ports {
-        let Some(dest) = ports.get(p as usize).and_then(Option::as_ref) else { continue };
-        let connected = dest.connected();
-        let racked = dest.acked_features();
-        let for_p = |m: &Meta| -> Option<TagEdit> {
-            let to_p = match m.dest {
-                Dest::Port(q) => q == p || (pp.promisc && connected),
-                Dest::Flood => connected,
-                Dest::Nowhere => false,
-            };
-            (to_p && pp.vlan == m.domain).then_some(if m.tagged && pp.vlan != 0 {
-                TagEdit::Strip
-            } else {
-                TagEdit::Keep
-            })
-        };
-        let accepts = |m: &Meta| features::may_receive(racked, m.offload.flags, m.offload.gso_type);
-        let frame =
-            |chain, m: &Meta, tag| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload).with_tag(tag);
-        // RSS: with several active RX queues, each flow's hash picks one.
-        let active = active_rx_queues(dest);
-        let queue_of = |chain: &Chain, i: usize, hashes: &mut [Option<u32>]| -> u16 {
-            if active.len() < 2 {
-                return active.first().copied().unwrap_or(0);
-            }
-            let h = *hashes[i].get_or_insert_with(|| {
-                let mut head = [0u8; 64];
-                let mut cur = Cursor::new(chain);
-                cur.skip(hdr_len);
-                let got = cur.gather(&mut head);
-                rss::flow_hash(&rss::DEFAULT_KEY, &head[..got])
-            });
-            active[h as usize % active.len()]
-        };
-        if active.len() >= 2 {
-            scratch.hashes.clear();
-            scratch.hashes.resize(n, None);
-        }
-        if !any_offload || scratch.dest.iter().all(|m| for_p(m).is_none() || accepts(m)) {
-            // Fast path: the receiver takes every offload as it is (or there
-            // is none): one group per RX queue, one copy each, headers passed
-            // through.
-            // Each group is counted first (the receiver takes one RX chain per
-            // frame in one go): with one receiver, the burst bounds it.
-            if active.len() < 2 {
-                let q = active.first().copied().unwrap_or(0);
-                let count = if scratch.ports.len() == 1 {
-                    n
-                } else {
-                    scratch.dest.iter().filter(|m| for_p(m).is_some()).count()
-                };
-                let frames = scratch.tx[..n]
-                    .iter()
-                    .zip(&scratch.dest)
-                    .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
-                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
-                continue;
-            }
-            for &q in active.iter() {
-                let hashes = &mut scratch.hashes;
-                let mut to_q = |i: usize, chain: &Chain, m: &Meta| for_p(m).filter(|_| queue_of(chain, i, hashes) == q);
-                let count = (0..n).filter(|&i| to_q(i, &scratch.tx[i], &scratch.dest[i]).is_some()).count();
-                let frames = scratch.tx[..n]
-                    .iter()
-                    .zip(&scratch.dest)
-                    .enumerate()
-                    .filter_map(|(i, (chain, m))| to_q(i, chain, m).map(|tag| frame(chain, m, tag)));
-                deliver_group_to(dest, q, Counted { frames, left: count }, &mut scratch.rx);
-            }
-            continue;
-        }
-        // Some frame needs software offload for this receiver: deliver in
-        // order, frame by frame.
-        for (i, (chain, m)) in scratch.tx[..n].iter().zip(&scratch.dest).enumerate() {
-            let Some(tag) = for_p(m) else { continue };
-            let q = queue_of(chain, i, &mut scratch.hashes);
-            if accepts(m) {
-                deliver_group_to(dest, q, std::iter::once(frame(chain, m, tag)), &mut scratch.rx);
-            } else {
-                let (wire, seg, rx) = (&mut scratch.wire, &mut scratch.segmenter, &mut scratch.rx);
-                soft_offload(dest, q, chain, hdr_len, m, tag, wire, seg, rx);
-            }
-        }
-    }
+        None => deliver_sorted(f, &ports, scratch, hdr_len, n, any_offload),
+    };
     drop(ports);
     watch.lap(Phase::Deliver);
 

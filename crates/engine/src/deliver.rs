@@ -277,6 +277,21 @@ pub fn deliver_group_to<'f>(
         dest.counters.drop_frames(DropReason::RxNotReady, 1 + frames.count() as u64);
         return 0;
     }
+    deliver_locked(dest, rx.index, &mut s, first, frames, scratch)
+}
+
+/// [`deliver_group_to`] into RX vring `index` of `dest`, whose state `s`
+/// the caller has locked and found ready (the engine locks a receiver's
+/// RX ring once to count its buffers and deliver): `first`, then `frames`.
+pub fn deliver_locked<'f>(
+    dest: &Arc<Function>,
+    index: u16,
+    s: &mut VringState,
+    first: Frame<'f>,
+    mut frames: impl Iterator<Item = Frame<'f>>,
+    scratch: &mut RxScratch,
+) -> u64 {
+    let qp = index / 2;
     let acked = dest.acked_features();
     let hdr_len = features::net_hdr_len(acked) as u64;
     let mergeable = features::mergeable(acked);
@@ -348,15 +363,15 @@ pub fn deliver_group_to<'f>(
         fault = Some(ErrorKind::MemoryRevoked);
     }
     if packets > 0 {
-        moderate(dest, qp, &mut s, packets as u32, &mut scratch.armed);
+        moderate(dest, qp, s, packets as u32, &mut scratch.armed);
     }
     if let Some(kind) = fault {
         let rest = next.map_or(0, |_| 1) + frames.count();
         dest.counters.drop_frames(DropReason::RxBadDescriptor, rest as u64);
-        fault_queue(dest, &mut s, kind, rx.index);
+        fault_queue(dest, s, kind, index);
     }
     // Under the RX queue's lock (`s`): its only writer now.
-    let qc = dest.queue_counters(rx.index / 2);
+    let qc = dest.queue_counters(qp);
     qc.rx_packets.add_exclusive(packets);
     qc.rx_bytes.add_exclusive(bytes);
     packets

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
-use crate::deliver::{deliver_group_to, fault_queue, Frame, RxScratch, TagEdit};
+use crate::deliver::{deliver_group_to, deliver_locked, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
 use crate::phases::{Phase, Stopwatch};
 use crate::rss;
@@ -765,7 +765,40 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         open: bool,
     }
     let mut run: Option<Run<'_>> = None;
-    for (i, m) in scratch.dest.iter().enumerate() {
+    // The common burst: every frame to one VF, as it is (`single`), the
+    // VF up, with one queue pair. Its RX ring is locked once, for the
+    // count here and the delivery in step 3, and while its arbiter is open
+    // (no link speed, no congestion) only its buffers count, for the whole
+    // burst at once.
+    let to_one = single
+        .filter(|&(p, _)| plain && !any_offload && !crate::uplink::is_uplink_port(vfnic_switch::PortId(p)))
+        .and_then(|(p, vlan)| {
+            let d = ports.get(p as usize).and_then(Option::as_ref)?;
+            let simple = d.queue_pairs() == 1 && !vfnic_op::any_promiscuous();
+            (simple && scratch.policies.get(d).vlan == vlan).then_some(d)
+        });
+    let mut rx_held = None;
+    if let Some(d) = to_one.filter(|d| pass != Pass::Guaranteed && d.connected() && d.link_up()) {
+        let mut rs = d.rx(0).lock();
+        if let (true, Some(r)) = (rs.ready(), rs.ring.as_mut()) {
+            let room = if n as u16 >= HINT_MIN { r.room_prefetching(n as u16) } else { r.room(n as u16) };
+            let mut share = d.share();
+            share.set_speed(scratch.policies.get(d).speed, now_ns);
+            if !share.has_link() && !share.congested(now_ns) {
+                if (room as usize) < n {
+                    share.mark_congested(now_ns);
+                    cut = room as usize;
+                    blocked = true;
+                    hold = HoldReason::NoBuffer;
+                } else if drained {
+                    share.idle(f.id.0);
+                }
+                drop(share);
+                rx_held = Some(rs);
+            }
+        }
+    }
+    for (i, m) in scratch.dest.iter().enumerate().filter(|_| rx_held.is_none()) {
         let Dest::Port(p) = m.dest else { continue };
         if m.drop.is_some() {
             continue;
@@ -804,21 +837,6 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             run = Some(Run { p, slot, share, open });
         }
         let r = run.as_mut().expect("set just above");
-        // The whole burst goes to this receiver and its arbiter is open:
-        // only its buffers count, for the rest of the burst at once.
-        let i = if plain && r.open {
-            let room = r.slot.map_or(usize::MAX, |k| rooms[k].1 as usize);
-            let k = room.min(n - i);
-            if let Some(slot) = r.slot {
-                rooms[slot].1 -= k as u16;
-            }
-            if k == n - i {
-                break;
-            }
-            i + k
-        } else {
-            i
-        };
         if r.slot.is_some_and(|k| rooms[k].1 == 0) {
             // No buffer posted for this frame: it waits, and the receiver's
             // senders now share it by weight; a guarantee holds the next
@@ -931,26 +949,34 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         scratch.dest.iter_mut().for_each(|m| m.dest = Dest::Nowhere);
         plain = false;
     }
-    // The common burst: every frame to one VF, as it is. No sorting by
-    // receiver, no mirrors to look for.
-    let to_one = single
-        .filter(|&(p, _)| plain && !any_offload && !crate::uplink::is_uplink_port(vfnic_switch::PortId(p)))
-        .and_then(|(p, vlan)| {
-            let d = ports.get(p as usize).and_then(Option::as_ref)?;
-            let simple = d.queue_pairs() == 1 && !vfnic_op::any_promiscuous();
-            (simple && scratch.policies.get(d).vlan == vlan).then_some(d)
-        });
+    // The common burst (`to_one`) goes as it is: no sorting by receiver,
+    // no mirrors to look for.
+    let to_one = to_one.filter(|_| plain);
+    if to_one.is_none() {
+        drop(rx_held.take());
+    }
     let (any_flood, any_uplink) = match to_one {
         Some(d) => {
-            let frames = scratch.tx[..n]
+            let mut frames = scratch.tx[..n]
                 .iter()
                 .zip(&scratch.dest)
                 .map(|(chain, m)| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload));
-            deliver_group_to(d, 0, Counted { frames, left: n }, &mut scratch.rx);
+            match (rx_held.take(), frames.next()) {
+                (Some(mut rs), Some(first)) => {
+                    let rest = Counted { frames, left: n - 1 };
+                    deliver_locked(d, d.rx(0).index, &mut rs, first, rest, &mut scratch.rx);
+                }
+                (Some(_), None) => {}
+                (None, first) => {
+                    let frames = first.into_iter().chain(frames);
+                    deliver_group_to(d, 0, Counted { frames, left: n }, &mut scratch.rx);
+                }
+            }
             (false, false)
         }
         None => deliver_sorted(f, &ports, scratch, hdr_len, n, any_offload),
     };
+    drop(rx_held);
     drop(ports);
     watch.lap(Phase::Deliver);
 

@@ -6,6 +6,7 @@ use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
 use vfnic_dma::{Chain, PopError, Virtqueue};
 
+use crate::chains::ChainSets;
 use crate::phases::{Phase, Stopwatch};
 use vfnic_dma::tsc;
 use vfnic_offload::VirtioNetHdr;
@@ -28,7 +29,7 @@ pub struct RxScratch {
     /// `..at`: chains handed to frames (completed); `at..n`: taken from the
     /// ring ahead of the frames and not yet used. Room for a group's
     /// chains taken ahead and then a frame merged over [`MAX_MERGE`] more.
-    chains: Vec<Chain>,
+    chains: ChainSets,
     at: usize,
     n: usize,
     /// A malformed chain ended the chains taken ahead: the error the frame
@@ -39,20 +40,14 @@ pub struct RxScratch {
 
 impl Default for RxScratch {
     fn default() -> Self {
-        RxScratch {
-            chains: (0..AHEAD + MAX_MERGE).map(|_| Chain::default()).collect(),
-            at: 0,
-            n: 0,
-            err: None,
-            armed: Vec::new(),
-        }
+        RxScratch { chains: ChainSets::new(AHEAD + MAX_MERGE), at: 0, n: 0, err: None, armed: Vec::new() }
     }
 }
 
 impl RxScratch {
     /// Lets go of every tenant memory table the chains still refer to.
     pub fn release(&mut self) {
-        self.chains.iter_mut().for_each(Chain::release);
+        self.chains.release();
         self.fire_due(true);
     }
 }
@@ -297,6 +292,7 @@ pub fn deliver_locked<'f>(
     let mergeable = features::mergeable(acked);
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
+    scratch.chains.select(ring.mem());
     // Look ahead: the RX descriptors and used lines of the whole group,
     // then one chain per frame, taken together (their buffers fetched for
     // writing as they are taken); a frame merged over several buffers, or
@@ -304,7 +300,7 @@ pub fn deliver_locked<'f>(
     let mut watch = Stopwatch::start();
     let ahead = frames.size_hint().1.map_or(1, |rest| rest + 1).clamp(1, AHEAD);
     ring.prefetch_burst(ahead as u16);
-    let (k, e) = ring.pop_burst(&mut scratch.chains[..ahead], Access::DeviceWrites, indirect);
+    let (k, e) = ring.pop_burst(&mut scratch.chains.active[..ahead], Access::DeviceWrites, indirect);
     (scratch.at, scratch.n, scratch.err) = (0, k, e);
     watch.lap(Phase::RxTake);
     let (mut packets, mut bytes) = (0u64, 0u64);
@@ -319,7 +315,7 @@ pub fn deliver_locked<'f>(
             if *len > 128 {
                 chain.prefetch_range(128, offset + len, false);
                 if scratch.at + 1 < scratch.n {
-                    scratch.chains[scratch.at + 1].prefetch_range(128, hdr_len + len, true);
+                    scratch.chains.active[scratch.at + 1].prefetch_range(128, hdr_len + len, true);
                 }
             }
         }
@@ -352,10 +348,10 @@ pub fn deliver_locked<'f>(
     // are returned unwritten.
     let (at, n) = (scratch.at, scratch.n);
     if let Some(e) = scratch.err.take() {
-        scratch.chains[at..n].iter().for_each(|c| ring.complete(c, 0));
+        scratch.chains.active[at..n].iter().for_each(|c| ring.complete(c, 0));
         fault = fault.or(Some(e.kind()));
     } else if n > at {
-        ring.unpop(&scratch.chains[at..n]);
+        ring.unpop(&scratch.chains.active[at..n]);
     }
     (scratch.at, scratch.n) = (0, 0);
     ring.publish_used();
@@ -463,7 +459,7 @@ fn fill(
     if scratch.at < scratch.n {
         // One buffer holds header and frame: the general path would take
         // just this one too (num_buffers 1).
-        if let Some(r) = fill_flat(ring, frame, hdr_len, &scratch.chains[scratch.at]) {
+        if let Some(r) = fill_flat(ring, frame, hdr_len, &scratch.chains.active[scratch.at]) {
             scratch.at += 1;
             return r;
         }
@@ -517,11 +513,11 @@ fn fill_general(
             // Past the chains taken ahead: the next one from the ring.
             let popped = match scratch.err {
                 Some(e) => Err(e),
-                None => ring.pop_chain(&mut scratch.chains[scratch.n], Access::DeviceWrites, indirect),
+                None => ring.pop_chain(&mut scratch.chains.active[scratch.n], Access::DeviceWrites, indirect),
             };
             match popped {
                 Ok(true) => {
-                    scratch.chains[scratch.n].prefetch();
+                    scratch.chains.active[scratch.n].prefetch();
                     scratch.n += 1;
                 }
                 Ok(false) => {
@@ -530,7 +526,7 @@ fn fill_general(
                 }
                 Err(e) => {
                     // Give back what we took so far, unwritten.
-                    for c in &scratch.chains[start..start + taken] {
+                    for c in &scratch.chains.active[start..start + taken] {
                         ring.complete(c, 0);
                     }
                     return Err(Fill::Fault(e.kind()));
@@ -539,15 +535,15 @@ fn fill_general(
         }
         scratch.at += 1;
         taken += 1;
-        let len = scratch.chains[start + taken - 1].len();
+        let len = scratch.chains.active[start + taken - 1].len();
         if taken == 1 && len < hdr_len {
             // Too small even for the header: refused, never half-written.
-            ring.complete(&scratch.chains[start], 0);
+            ring.complete(&scratch.chains.active[start], 0);
             return Err(Fill::Drop(DropReason::RxBufferTooSmall));
         }
         capacity += len;
     }
-    let chains = &scratch.chains[start..start + taken];
+    let chains = &scratch.chains.active[start..start + taken];
     if capacity < need {
         if ran_out {
             // Not enough buffers yet: leave them for the next frame (the

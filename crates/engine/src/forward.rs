@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
+use crate::chains::ChainSets;
 use crate::deliver::{deliver_group_to, deliver_locked, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric};
 use crate::phases::{Phase, Stopwatch};
@@ -298,7 +299,8 @@ struct FdbMemo {
 
 /// Per-engine reusable state: a burst allocates nothing.
 pub struct Scratch {
-    tx: Vec<Chain>,
+    /// TX chains, a set per sender's memory.
+    tx: ChainSets,
     dest: Vec<Meta>,
     learn: Vec<(u16, MacAddr)>,
     ports: Vec<(u16, Policy)>,
@@ -318,7 +320,7 @@ pub struct Scratch {
 impl Default for Scratch {
     fn default() -> Self {
         Scratch {
-            tx: (0..BURST).map(|_| Chain::default()).collect(),
+            tx: ChainSets::new(BURST),
             dest: Vec::with_capacity(BURST),
             learn: Vec::with_capacity(BURST),
             ports: Vec::with_capacity(64),
@@ -341,7 +343,7 @@ impl Scratch {
     /// Lets go of every tenant memory table the chains still refer to; the
     /// engine calls it whenever its queues change.
     pub fn release(&mut self) {
-        self.tx.iter_mut().for_each(Chain::release);
+        self.tx.release();
         self.rx.release();
     }
 }
@@ -443,7 +445,7 @@ fn deliver_sorted(
                 } else {
                     scratch.dest.iter().filter(|m| for_p(m).is_some()).count()
                 };
-                let frames = scratch.tx[..n]
+                let frames = scratch.tx.active[..n]
                     .iter()
                     .zip(&scratch.dest)
                     .filter_map(|(chain, m)| for_p(m).map(|tag| frame(chain, m, tag)));
@@ -453,8 +455,8 @@ fn deliver_sorted(
             for &q in active.iter() {
                 let hashes = &mut scratch.hashes;
                 let mut to_q = |i: usize, chain: &Chain, m: &Meta| for_p(m).filter(|_| queue_of(chain, i, hashes) == q);
-                let count = (0..n).filter(|&i| to_q(i, &scratch.tx[i], &scratch.dest[i]).is_some()).count();
-                let frames = scratch.tx[..n]
+                let count = (0..n).filter(|&i| to_q(i, &scratch.tx.active[i], &scratch.dest[i]).is_some()).count();
+                let frames = scratch.tx.active[..n]
                     .iter()
                     .zip(&scratch.dest)
                     .enumerate()
@@ -465,7 +467,7 @@ fn deliver_sorted(
         }
         // Some frame needs software offload for this receiver: deliver in
         // order, frame by frame.
-        for (i, (chain, m)) in scratch.tx[..n].iter().zip(&scratch.dest).enumerate() {
+        for (i, (chain, m)) in scratch.tx.active[..n].iter().zip(&scratch.dest).enumerate() {
             let Some(tag) = for_p(m) else { continue };
             let q = queue_of(chain, i, &mut scratch.hashes);
             if accepts(m) {
@@ -516,6 +518,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let vs = &mut *s;
     let ring = vs.ring.as_mut().expect("ready() checked the ring");
     let qos = &mut vs.qos;
+    scratch.tx.select(ring.mem());
 
     // 1. Look ahead: take and walk a burst. Each chain is admitted by the
     // turn's budget (guarantee or DRR credit) and the max-rate shaper; the
@@ -552,7 +555,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 let avg = (admitted / n as u64).max(ETH_HLEN);
                 ((budget / avg) as usize + 1).clamp(1, limit - n)
             };
-            let (k, e) = ring.pop_burst(&mut scratch.tx[n..n + want], Access::DeviceReads, indirect);
+            let (k, e) = ring.pop_burst(&mut scratch.tx.active[n..n + want], Access::DeviceReads, indirect);
             taken = n + k;
             pop_err = e;
             if k == 0 {
@@ -560,11 +563,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 break;
             }
         }
-        let len = scratch.tx[n].len().saturating_sub(hdr_len);
+        let len = scratch.tx.active[n].len().saturating_sub(hdr_len);
         let shaped_until = qos.throttled_until_ns;
         if !admit(qos, pass, &mut budget, len, now_ns) {
             if pop_err.is_none() {
-                ring.unpop(&scratch.tx[n..taken]);
+                ring.unpop(&scratch.tx.active[n..taken]);
             }
             if qos.throttled_until_ns != shaped_until {
                 // Its max_tx_rate holds it (the other refusals end a turn).
@@ -634,7 +637,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let mut last_fwd = memo.fwd.filter(|_| valid);
         // The source looked at last in this burst (or trusted from the memo).
         let mut seen_src = last_src.map(|(k, _)| k);
-        for chain in &scratch.tx[..n] {
+        for chain in &scratch.tx.active[..n] {
             let nowhere = Meta {
                 dest: Dest::Nowhere,
                 len: 0,
@@ -906,7 +909,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         if now_ns.saturating_sub(since) < BACKPRESSURE_NS {
             // The frames going back to the ring give back what admission
             // took for them (shaper tokens, guarantee tokens, DRR credit).
-            let back: u64 = scratch.tx[cut..n].iter().map(|c| c.len().saturating_sub(hdr_len)).sum();
+            let back: u64 = scratch.tx.active[cut..n].iter().map(|c| c.len().saturating_sub(hdr_len)).sum();
             if let Some((_, max)) = qos.max.as_mut() {
                 max.refund(back);
             }
@@ -919,7 +922,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 Pass::Shared { .. } => qos.deficit = qos.deficit.saturating_add(back),
                 Pass::Unlimited => {}
             }
-            ring.unpop(&scratch.tx[cut..n]);
+            ring.unpop(&scratch.tx.active[cut..n]);
             f.counters.hold_frames(hold, (n - cut) as u64);
             qos.contending_until_ns = now_ns + CONTENDING_NS;
             n = cut;
@@ -957,7 +960,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     }
     let (any_flood, any_uplink) = match to_one {
         Some(d) => {
-            let mut frames = scratch.tx[..n]
+            let mut frames = scratch.tx.active[..n]
                 .iter()
                 .zip(&scratch.dest)
                 .map(|(chain, m)| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload));
@@ -984,7 +987,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // floods, leave through the uplinks (gathered into one buffer: the wire
     // needs them contiguous).
     if any_uplink || (any_flood && fabric.has_uplinks()) {
-        for (chain, m) in scratch.tx[..n].iter().zip(&scratch.dest) {
+        for (chain, m) in scratch.tx.active[..n].iter().zip(&scratch.dest) {
             let to = match m.dest {
                 Dest::Flood => None,
                 Dest::Port(p) if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) => {
@@ -1006,7 +1009,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let qc = f.queue_counters(qp);
     qc.tx_packets.add_exclusive(tx_packets);
     qc.tx_bytes.add_exclusive(tx_bytes);
-    ring.complete_unwritten(&scratch.tx[..n], features::in_order(acked));
+    ring.complete_unwritten(&scratch.tx.active[..n], features::in_order(acked));
     ring.publish_used();
     if ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);

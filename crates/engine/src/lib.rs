@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod chains;
 pub mod deliver;
 pub mod fabric;
 pub mod forward;

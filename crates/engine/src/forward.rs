@@ -777,16 +777,19 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         .filter(|&(p, _)| plain && !any_offload && !crate::uplink::is_uplink_port(vfnic_switch::PortId(p)))
         .and_then(|(p, vlan)| {
             let d = ports.get(p as usize).and_then(Option::as_ref)?;
-            let simple = d.queue_pairs() == 1 && !vfnic_op::any_promiscuous();
-            (simple && scratch.policies.get(d).vlan == vlan).then_some(d)
+            if d.queue_pairs() > 1 || vfnic_op::any_promiscuous() {
+                return None;
+            }
+            let pd = scratch.policies.get(d);
+            (pd.vlan == vlan).then_some((d, pd))
         });
     let mut rx_held = None;
-    if let Some(d) = to_one.filter(|d| pass != Pass::Guaranteed && d.connected() && d.link_up()) {
+    if let Some((d, pd)) = to_one.filter(|(d, _)| pass != Pass::Guaranteed && d.connected() && d.link_up()) {
         let mut rs = d.rx(0).lock();
         if let (true, Some(r)) = (rs.ready(), rs.ring.as_mut()) {
             let room = if n as u16 >= HINT_MIN { r.room_prefetching(n as u16) } else { r.room(n as u16) };
             let mut share = d.share();
-            share.set_speed(scratch.policies.get(d).speed, now_ns);
+            share.set_speed(pd.speed, now_ns);
             if !share.has_link() && !share.congested(now_ns) {
                 if (room as usize) < n {
                     share.mark_congested(now_ns);
@@ -801,7 +804,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             }
         }
     }
-    for (i, m) in scratch.dest.iter().enumerate().filter(|_| rx_held.is_none()) {
+    // Frame by frame, unless the common burst was settled just above.
+    let per_frame: &[Meta] = if rx_held.is_none() { &scratch.dest } else { &[] };
+    for (i, m) in per_frame.iter().enumerate() {
         let Dest::Port(p) = m.dest else { continue };
         if m.drop.is_some() {
             continue;
@@ -944,34 +949,32 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
     }
 
-    // 3. Deliver per destination, in order of first appearance: unicast
-    // targets, flood targets, and trusted promiscuous VFs (mirrors), each
-    // only within the frame's VLAN. Nothing is delivered from memory the
-    // tenant revoked under us. (`ports` is still the table step 2b read.)
+    // 3. Deliver: the common burst (`to_one`) as it is, with no sorting by
+    // receiver and no mirrors to look for; any other per destination
+    // (`deliver_sorted`). Nothing is delivered from memory the tenant
+    // revoked under us. (`ports` is still the table step 2b read.)
     if ring.mem().revoked() {
         scratch.dest.iter_mut().for_each(|m| m.dest = Dest::Nowhere);
         plain = false;
     }
-    // The common burst (`to_one`) goes as it is: no sorting by receiver,
-    // no mirrors to look for.
     let to_one = to_one.filter(|_| plain);
     if to_one.is_none() {
         drop(rx_held.take());
     }
     let (any_flood, any_uplink) = match to_one {
-        Some(d) => {
+        Some((d, _)) => {
             let mut frames = scratch.tx.active[..n]
                 .iter()
                 .zip(&scratch.dest)
                 .map(|(chain, m)| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload));
-            match (rx_held.take(), frames.next()) {
-                (Some(mut rs), Some(first)) => {
-                    let rest = Counted { frames, left: n - 1 };
-                    deliver_locked(d, d.rx(0).index, &mut rs, first, rest, &mut scratch.rx);
+            match rx_held.take() {
+                Some(mut rs) => {
+                    if let Some(first) = frames.next() {
+                        let rest = Counted { frames, left: n - 1 };
+                        deliver_locked(d, d.rx(0).index, &mut rs, first, rest, &mut scratch.rx);
+                    }
                 }
-                (Some(_), None) => {}
-                (None, first) => {
-                    let frames = first.into_iter().chain(frames);
+                None => {
                     deliver_group_to(d, 0, Counted { frames, left: n }, &mut scratch.rx);
                 }
             }

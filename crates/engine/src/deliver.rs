@@ -35,12 +35,22 @@ pub struct RxScratch {
     /// A malformed chain ended the chains taken ahead: the error the frame
     /// that needs a chain past them gets.
     err: Option<PopError>,
+    /// The chains `..n` were taken by [`RxScratch::take_ahead`] for the
+    /// next delivery, which uses them instead of taking its own.
+    pretaken: bool,
     armed: Vec<Armed>,
 }
 
 impl Default for RxScratch {
     fn default() -> Self {
-        RxScratch { chains: ChainSets::new(AHEAD + MAX_MERGE), at: 0, n: 0, err: None, armed: Vec::new() }
+        RxScratch {
+            chains: ChainSets::new(AHEAD + MAX_MERGE),
+            at: 0,
+            n: 0,
+            err: None,
+            pretaken: false,
+            armed: Vec::new(),
+        }
     }
 }
 
@@ -49,6 +59,71 @@ impl RxScratch {
     pub fn release(&mut self) {
         self.chains.release();
         self.fire_due(true);
+    }
+
+    /// Takes up to `want` (at most [`AHEAD`]) RX chains from the ready
+    /// ring `s` for the next [`deliver_locked`] into it, which must follow
+    /// under the same lock, or [`RxScratch::give_back`]. Returns how many
+    /// frames the ring has room for: the chains taken, or `want` when a
+    /// malformed chain ended them (the delivery then faults the queue at
+    /// that frame, as it does when it takes the chains itself).
+    ///
+    /// The engine counts a receiver's buffers for its arbitration this
+    /// way: the count and the chains are one walk of the ring (a count,
+    /// then the delivery's own take, walked the descriptors twice).
+    pub fn take_ahead(&mut self, s: &mut VringState, want: usize) -> usize {
+        let indirect = s.indirect;
+        let ring = s.ring.as_mut().expect("the caller checked ready()");
+        let want = want.min(AHEAD);
+        self.take(ring, want, indirect);
+        self.pretaken = true;
+        if self.err.is_some() {
+            want
+        } else {
+            self.n
+        }
+    }
+
+    /// Gives back to RX vring `index` of `dest`, locked in `s`, the chains
+    /// [`RxScratch::take_ahead`] took when no delivery follows (a malformed
+    /// chain among them faults the queue, as the delivery would have).
+    pub fn give_back(&mut self, dest: &Function, index: u16, s: &mut VringState) {
+        if !std::mem::take(&mut self.pretaken) {
+            return;
+        }
+        let Some(ring) = s.ring.as_mut() else { return };
+        let fault = self.settle(ring);
+        ring.publish_used();
+        if let Some(kind) = fault {
+            fault_queue(dest, s, kind, index);
+        }
+    }
+
+    /// Takes up to `ahead` chains from `ring` into `..n`.
+    #[inline]
+    fn take(&mut self, ring: &mut Virtqueue, ahead: usize, indirect: bool) {
+        self.chains.select(ring.mem());
+        ring.prefetch_burst(ahead as u16);
+        let (k, e) = ring.pop_burst(&mut self.chains.active[..ahead], Access::DeviceWrites, indirect);
+        (self.at, self.n, self.err) = (0, k, e);
+    }
+
+    /// After a delivery (or none): the chains taken ahead and not used go
+    /// back to the ring, unless a malformed one came after them: then they
+    /// are returned unwritten, and the error is returned (the queue is to
+    /// be faulted).
+    #[inline]
+    fn settle(&mut self, ring: &mut Virtqueue) -> Option<ErrorKind> {
+        let (at, n) = (self.at, self.n);
+        (self.at, self.n) = (0, 0);
+        if let Some(e) = self.err.take() {
+            self.chains.active[at..n].iter().for_each(|c| ring.complete(c, 0));
+            return Some(e.kind());
+        }
+        if n > at {
+            ring.unpop(&self.chains.active[at..n]);
+        }
+        None
     }
 }
 
@@ -292,16 +367,16 @@ pub fn deliver_locked<'f>(
     let mergeable = features::mergeable(acked);
     let indirect = s.indirect;
     let ring = s.ring.as_mut().expect("ready() checked the ring");
-    scratch.chains.select(ring.mem());
     // Look ahead: the RX descriptors and used lines of the whole group,
     // then one chain per frame, taken together (their buffers fetched for
     // writing as they are taken); a frame merged over several buffers, or
-    // one past the count, takes the rest as it goes.
+    // one past the count, takes the rest as it goes. (Taken already if the
+    // engine counted the ring's buffers with `take_ahead`.)
     let mut watch = Stopwatch::start();
-    let ahead = frames.size_hint().1.map_or(1, |rest| rest + 1).clamp(1, AHEAD);
-    ring.prefetch_burst(ahead as u16);
-    let (k, e) = ring.pop_burst(&mut scratch.chains.active[..ahead], Access::DeviceWrites, indirect);
-    (scratch.at, scratch.n, scratch.err) = (0, k, e);
+    if !std::mem::take(&mut scratch.pretaken) {
+        let ahead = frames.size_hint().1.map_or(1, |rest| rest + 1).clamp(1, AHEAD);
+        scratch.take(ring, ahead, indirect);
+    }
     watch.lap(Phase::RxTake);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let mut fault = None;
@@ -346,14 +421,9 @@ pub fn deliver_locked<'f>(
     // Chains taken ahead and not used go back to the ring, unless a
     // malformed one came after them: the queue is faulted then, and they
     // are returned unwritten.
-    let (at, n) = (scratch.at, scratch.n);
-    if let Some(e) = scratch.err.take() {
-        scratch.chains.active[at..n].iter().for_each(|c| ring.complete(c, 0));
-        fault = fault.or(Some(e.kind()));
-    } else if n > at {
-        ring.unpop(&scratch.chains.active[at..n]);
+    if let Some(e) = scratch.settle(ring) {
+        fault = fault.or(Some(e));
     }
-    (scratch.at, scratch.n) = (0, 0);
     ring.publish_used();
     if fault.is_none() && ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);

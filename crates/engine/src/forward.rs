@@ -786,21 +786,26 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut rx_held = None;
     if let Some((d, pd)) = to_one.filter(|(d, _)| pass != Pass::Guaranteed && d.connected() && d.link_up()) {
         let mut rs = d.rx(0).lock();
-        if let (true, Some(r)) = (rs.ready(), rs.ring.as_mut()) {
-            let room = if n as u16 >= HINT_MIN { r.room_prefetching(n as u16) } else { r.room(n as u16) };
+        if rs.ready() {
+            // Its buffers are counted by taking them: the delivery uses the
+            // chains taken here (or they go back).
+            let room = scratch.rx.take_ahead(&mut rs, n);
             let mut share = d.share();
             share.set_speed(pd.speed, now_ns);
             if !share.has_link() && !share.congested(now_ns) {
-                if (room as usize) < n {
+                if room < n {
                     share.mark_congested(now_ns);
-                    cut = room as usize;
+                    cut = room;
                     blocked = true;
                     hold = HoldReason::NoBuffer;
                 } else if drained {
                     share.idle(f.id.0);
                 }
                 drop(share);
-                rx_held = Some(rs);
+                rx_held = Some((d, rs));
+            } else {
+                drop(share);
+                scratch.rx.give_back(d, d.rx(0).index, &mut rs);
             }
         }
     }
@@ -959,7 +964,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     }
     let to_one = to_one.filter(|_| plain);
     if to_one.is_none() {
-        drop(rx_held.take());
+        if let Some((d, mut rs)) = rx_held.take() {
+            scratch.rx.give_back(d, d.rx(0).index, &mut rs);
+        }
     }
     let (any_flood, any_uplink) = match to_one {
         Some((d, _)) => {
@@ -968,12 +975,13 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 .zip(&scratch.dest)
                 .map(|(chain, m)| Frame::from_chain(chain, hdr_len, m.len).with_offload(m.offload));
             match rx_held.take() {
-                Some(mut rs) => {
-                    if let Some(first) = frames.next() {
+                Some((_, mut rs)) => match frames.next() {
+                    Some(first) => {
                         let rest = Counted { frames, left: n - 1 };
                         deliver_locked(d, d.rx(0).index, &mut rs, first, rest, &mut scratch.rx);
                     }
-                }
+                    None => scratch.rx.give_back(d, d.rx(0).index, &mut rs),
+                },
                 None => {
                     deliver_group_to(d, 0, Counted { frames, left: n }, &mut scratch.rx);
                 }

@@ -585,7 +585,7 @@ impl PackedRing {
     /// The first used descriptor of a batch gets its flags only in
     /// [`PackedRing::publish_used`], so the driver, which only looks past a
     /// descriptor once it is used, sees the batch whole or not at all.
-    #[inline]
+    #[inline(always)]
     pub fn push_used(&mut self, token: Token, len: u32) {
         self.write_used(token.id, len, token.ndesc, 1);
     }
@@ -604,7 +604,7 @@ impl PackedRing {
 
     /// Queues one used descriptor (`id`, `len`) for the next used position
     /// and moves that position `ndesc` on, for `chains` chains returned.
-    #[inline]
+    #[inline(always)]
     fn write_used(&mut self, id: u16, len: u32, ndesc: u16, chains: u32) {
         debug_assert!(ndesc >= 1 && ndesc <= self.size);
         let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };

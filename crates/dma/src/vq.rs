@@ -132,7 +132,7 @@ impl Virtqueue {
     }
 
     /// Completes `chain` with `len` bytes written (visible at publish).
-    #[inline]
+    #[inline(always)]
     pub fn complete(&mut self, chain: &Chain, len: u32) {
         match self {
             Virtqueue::Split(r) => r.push_used(chain.head(), len),

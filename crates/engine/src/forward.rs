@@ -51,6 +51,24 @@ struct Meta {
     offload: VirtioNetHdr,
 }
 
+/// A frame dropped before the switch (its `drop` set).
+const NOWHERE: Meta = Meta {
+    dest: Dest::Nowhere,
+    len: 0,
+    domain: 0,
+    tagged: false,
+    drop: None,
+    offload: VirtioNetHdr {
+        flags: 0,
+        gso_type: 0,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: 0,
+        csum_offset: 0,
+        num_buffers: 0,
+    },
+};
+
 /// Which turn of the engine's transmit arbitration a visit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
@@ -280,21 +298,48 @@ enum Dest {
     Flood,
 }
 
-/// A (VLAN, MAC) key of the forwarding table.
-type VlanMac = (u16, MacAddr);
+/// A (VLAN, MAC) key of the forwarding table as one word: the address's
+/// six bytes in bits 0-47 (in memory order, little-endian), the VLAN in
+/// bits 48-59. A frame's keys are compared with the memo's on every frame:
+/// one load and one compare each instead of a field-wise one.
+type VlanMac = u64;
+
+/// No key: never equal to a frame's (VLANs are 12 bits).
+const NO_KEY: VlanMac = u64::MAX;
+
+/// Bits 0-47 of a word.
+const MAC_BITS: u64 = (1 << 48) - 1;
+
+/// The address in the first six of `bytes`, as the low bits of a key.
+#[inline(always)]
+fn mac_bits(bytes: [u8; 8]) -> VlanMac {
+    u64::from_le_bytes(bytes) & MAC_BITS
+}
+
+/// The VLAN and address of a key.
+fn split_key(k: VlanMac) -> (u16, MacAddr) {
+    let b = k.to_le_bytes();
+    ((k >> 48) as u16, MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]]))
+}
 
 /// What the forwarding table decided for one ingress port's latest burst,
 /// kept for its next burst while the table's generation stands (frames of
 /// a flow mostly come in many bursts).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct FdbMemo {
     generation: u64,
-    /// A source address (VLAN, MAC) the table knew, and when that was
-    /// checked (ms): trusted for a while, so that it is still refreshed
-    /// well within the ageing time.
-    src: Option<(VlanMac, u64)>,
-    /// The last destination (VLAN, MAC) and where it went.
-    fwd: Option<(VlanMac, (Dest, Option<DropReason>))>,
+    /// A source address the table knew ([`NO_KEY`]: none), and when that
+    /// was checked (ms): trusted for a while, so that it is still
+    /// refreshed well within the ageing time.
+    src: (VlanMac, u64),
+    /// The last destination ([`NO_KEY`]: none) and where it went.
+    fwd: (VlanMac, (Dest, Option<DropReason>)),
+}
+
+impl Default for FdbMemo {
+    fn default() -> Self {
+        FdbMemo { generation: 0, src: (NO_KEY, 0), fwd: (NO_KEY, (Dest::Nowhere, None)) }
+    }
 }
 
 /// Per-engine reusable state: a burst allocates nothing.
@@ -302,7 +347,7 @@ pub struct Scratch {
     /// TX chains, a set per sender's memory.
     tx: ChainSets,
     dest: Vec<Meta>,
-    learn: Vec<(u16, MacAddr)>,
+    learn: Vec<VlanMac>,
     ports: Vec<(u16, Policy)>,
     /// A frame gathered for an uplink or for software offload.
     wire: Vec<u8>,
@@ -481,6 +526,22 @@ fn deliver_sorted(
     (any_flood, any_uplink)
 }
 
+/// A frame's headers where they do not all lie in its first buffer (or the
+/// virtio-net header is the 10-byte one): gathered into the layout
+/// [`process_tx`] reads: the virtio-net header in bytes 0-11 (a 10-byte
+/// one padded with zeros), the Ethernet header's first 16 bytes after it.
+/// A chain too short for them leaves zeros (the frame is a runt).
+#[inline(never)]
+fn gather_headers(chain: &Chain, hdr_len: u64) -> [u8; 28] {
+    let mut h = [0u8; 28];
+    if chain.len() >= hdr_len + ETH_HLEN {
+        let mut cur = Cursor::new(chain);
+        cur.gather(&mut h[..hdr_len as usize]);
+        cur.gather(&mut h[12..]);
+    }
+    h
+}
+
 /// Moves up to [`BURST`] frames from `f`'s TX queue `qp`. Returns how many
 /// chains were consumed (0 = nothing to do).
 pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch, pass: Pass) -> usize {
@@ -633,53 +694,44 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         // A learned source is re-checked (and so refreshed) at least every
         // quarter of the ageing time, and every second.
         let src_window = (fdb.ageing_ms() / 4).min(1000);
-        let mut last_src = memo.src.filter(|&(_, at)| valid && now_ms < at.saturating_add(src_window));
-        let mut last_fwd = memo.fwd.filter(|_| valid);
+        let mut last_src = if valid && now_ms < memo.src.1.saturating_add(src_window) { memo.src } else { (NO_KEY, 0) };
+        let mut last_fwd = if valid { memo.fwd } else { (NO_KEY, (Dest::Nowhere, None)) };
         // The source looked at last in this burst (or trusted from the memo).
-        let mut seen_src = last_src.map(|(k, _)| k);
+        let mut seen_src = last_src.0;
+        let mut own = [0u8; 8];
+        own[..6].copy_from_slice(&pol.mac.0);
+        let own_mac = mac_bits(own);
         for chain in &scratch.tx.active[..n] {
-            let nowhere = Meta {
-                dest: Dest::Nowhere,
-                len: 0,
-                domain: 0,
-                tagged: false,
-                drop: None,
-                offload: VirtioNetHdr::default(),
-            };
             let len = chain.len().saturating_sub(hdr_len);
-            let mut vnet = [0u8; 12];
-            let mut eth = [0u8; 16];
-            if let (12, Some(h)) = (hdr_len, peek::<28>(chain, 0)) {
-                // Both headers in the first buffer (nearly every frame).
-                vnet.copy_from_slice(&h[..12]);
-                eth.copy_from_slice(&h[12..]);
-            } else if chain.len() >= hdr_len + ETH_HLEN {
-                let mut cur = Cursor::new(chain);
-                cur.gather(&mut vnet[..hdr_len as usize]);
-                cur.gather(&mut eth);
-            }
-            let vh = VirtioNetHdr::parse(&vnet).expect("12 bytes");
-            let flags = vh.flags & features::HDR_F_NEEDS_CSUM;
+            // The virtio-net header (12 bytes; a 10-byte one is padded) and
+            // the Ethernet header's first 16 bytes, at fixed places.
+            let h = match (hdr_len, peek::<28>(chain, 0)) {
+                // Both in the first buffer (nearly every frame).
+                (12, Some(h)) => h,
+                _ => gather_headers(chain, hdr_len),
+            };
+            let (flags, gso_type) = (h[0] & features::HDR_F_NEEDS_CSUM, h[1]);
+            let wants_offload = flags != 0 || gso_type != features::GSO_NONE;
+            let vh =
+                if wants_offload { VirtioNetHdr::parse(&h[..12]).expect("12 bytes") } else { VirtioNetHdr::default() };
             let offload = VirtioNetHdr { flags, num_buffers: 0, ..vh };
-            let wants_offload = flags != 0 || vh.gso_type != features::GSO_NONE;
             any_offload |= wants_offload;
-            let gso = vh.gso_type & !features::GSO_ECN != features::GSO_NONE;
-            let dst = MacAddr::from_slice(&eth[..6]).expect("6 bytes");
-            let src = MacAddr::from_slice(&eth[6..12]).expect("6 bytes");
-            let tagged = u16::from_be_bytes([eth[12], eth[13]]) == ETH_P_8021Q;
-            let vid = u16::from_be_bytes([eth[14], eth[15]]) & 0x0fff;
+            let gso = gso_type & !features::GSO_ECN != features::GSO_NONE;
+            // Each address with the two bytes after it (masked off in keys).
+            let dst = mac_bits(h[12..20].try_into().expect("8 bytes"));
+            let src = mac_bits(h[18..26].try_into().expect("8 bytes"));
+            let tagged = u16::from_be_bytes([h[24], h[25]]) == ETH_P_8021Q;
             let drop = if len < ETH_HLEN || (tagged && len < ETH_HLEN + VLAN_HLEN) {
                 Some(DropReason::TxRunt)
             } else if len > if gso { MAX_GSO_FRAME } else { max_frame } {
                 Some(DropReason::TxOversize)
             } else if wants_offload
-                && (!features::may_send(acked, flags, vh.gso_type)
-                    || VirtioNetHdr { flags, ..vh }.check(len as usize).is_err())
+                && (!features::may_send(acked, flags, gso_type) || offload.check(len as usize).is_err())
             {
                 Some(DropReason::TxBadOffload)
             } else if !pol.enabled {
                 Some(DropReason::TxLinkDown)
-            } else if pol.spoofchk && src != pol.mac {
+            } else if pol.spoofchk && src != own_mac {
                 Some(DropReason::TxSpoofed)
             } else if tagged && (pol.vlan != 0 || !pol.trust) {
                 // A port-VLAN VF is not a trunk, and only a trusted VF may
@@ -690,40 +742,39 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             };
             if drop.is_some() {
                 plain = false;
-                scratch.dest.push(Meta { drop, ..nowhere });
+                scratch.dest.push(Meta { drop, ..NOWHERE });
                 continue;
             }
             let domain = if pol.vlan != 0 {
                 pol.vlan
             } else if tagged {
-                vid
+                u16::from_be_bytes([h[26], h[27]]) & 0x0fff
             } else {
                 0
             };
             // Frames of a burst mostly share their source: look it up once.
-            if seen_src != Some((domain, src)) {
-                seen_src = Some((domain, src));
+            let src_key = src | (domain as u64) << 48;
+            if seen_src != src_key {
+                seen_src = src_key;
                 // Only a source the table knows is remembered as checked.
-                last_src = None;
-                if fdb.is_learned_vlan(domain, src, ingress, now_ms) {
-                    last_src = Some(((domain, src), now_ms));
-                } else if !scratch.learn.contains(&(domain, src)) {
-                    scratch.learn.push((domain, src));
+                last_src = (NO_KEY, 0);
+                if fdb.is_learned_vlan(domain, split_key(src_key).1, ingress, now_ms) {
+                    last_src = (src_key, now_ms);
+                } else if !scratch.learn.contains(&src_key) {
+                    scratch.learn.push(src_key);
                 }
             }
             // ... and their destination: one lookup per run of frames to it.
-            let (dest, drop) = match last_fwd {
-                Some((k, v)) if k == (domain, dst) => v,
-                _ => {
-                    let v = match fdb.forward_vlan(ingress, domain, dst) {
-                        Forward::Unicast(p) => (Dest::Port(p.0), None),
-                        Forward::Flood => (Dest::Flood, None),
-                        Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
-                    };
-                    last_fwd = Some(((domain, dst), v));
-                    v
-                }
-            };
+            let dst_key = dst | (domain as u64) << 48;
+            if last_fwd.0 != dst_key {
+                let v = match fdb.forward_vlan(ingress, domain, split_key(dst_key).1) {
+                    Forward::Unicast(p) => (Dest::Port(p.0), None),
+                    Forward::Flood => (Dest::Flood, None),
+                    Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
+                };
+                last_fwd = (dst_key, v);
+            }
+            let (dest, drop) = last_fwd.1;
             plain &= match (dest, drop, tagged) {
                 (Dest::Port(p), None, false) => *single.get_or_insert((p, domain)) == (p, domain),
                 _ => false,
@@ -735,8 +786,9 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     watch.lap(Phase::Classify);
     if !scratch.learn.is_empty() {
         let mut fdb = fabric.fdb();
-        for (vlan, src) in &scratch.learn {
-            fdb.learn_vlan(*vlan, *src, ingress, now_ms);
+        for &key in &scratch.learn {
+            let (vlan, src) = split_key(key);
+            fdb.learn_vlan(vlan, src, ingress, now_ms);
         }
     }
 

@@ -1,6 +1,7 @@
 //! State shared by every engine: the switch and the port table.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -13,9 +14,17 @@ use crate::uplink::{is_uplink_port, Uplink};
 
 /// The switch's forwarding table and the functions behind its ports.
 pub struct Fabric {
-    /// Forwarding database.
-    pub fdb: RwLock<Fdb>,
-    ports: RwLock<Vec<Option<Arc<Function>>>>,
+    /// Forwarding database (written through [`Fabric::fdb`], which keeps
+    /// `fdb_generation` equal to its generation).
+    fdb: RwLock<Fdb>,
+    /// The table's generation, readable without its lock: an engine whose
+    /// copy of a decision ([`Fdb::generation`]) still stands needs no lock.
+    fdb_generation: AtomicU64,
+    /// The function on each VF port. Replaced whole when a port is
+    /// attached or detached, so an engine keeps the table it read
+    /// ([`PortCache`]) until `ports_generation` moves.
+    ports: RwLock<PortTable>,
+    ports_generation: AtomicU64,
     /// The static entry each VF port is bound to (its VLAN and MAC).
     bound: Mutex<HashMap<PortId, Key>>,
     /// The uplinks (switch ports from `uplink::UPLINK_PORT_BASE` up).
@@ -25,13 +34,86 @@ pub struct Fabric {
 
 impl Default for Fabric {
     fn default() -> Self {
+        let fdb = Fdb::default();
         Fabric {
-            fdb: RwLock::new(Fdb::default()),
-            ports: RwLock::new(Vec::new()),
+            fdb_generation: AtomicU64::new(fdb.generation()),
+            fdb: RwLock::new(fdb),
+            ports: RwLock::new(PortTable::default()),
+            ports_generation: AtomicU64::new(0),
             bound: Mutex::new(HashMap::new()),
             uplinks: RwLock::new(Vec::new()),
             epoch: Instant::now(),
         }
+    }
+}
+
+/// Write access to the forwarding table; when it ends, the table's
+/// generation is published for [`Fabric::fdb_generation`].
+pub struct FdbWrite<'a> {
+    fdb: RwLockWriteGuard<'a, Fdb>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for FdbWrite<'_> {
+    type Target = Fdb;
+
+    fn deref(&self) -> &Fdb {
+        &self.fdb
+    }
+}
+
+impl std::ops::DerefMut for FdbWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Fdb {
+        &mut self.fdb
+    }
+}
+
+impl Drop for FdbWrite<'_> {
+    fn drop(&mut self) {
+        // Still under the write lock (fields drop after this).
+        self.generation.store(self.fdb.generation(), Ordering::Release);
+    }
+}
+
+/// The function behind each VF port (indexed by port number).
+pub type PortTable = Arc<[Option<Arc<Function>>]>;
+
+/// An engine's copy of the port table, read again only when the table
+/// changed: a burst takes it with no lock and no atomic read-modify-write
+/// (reading the port table under its lock took two per burst, on a line
+/// every engine writes).
+#[derive(Default)]
+pub struct PortCache {
+    generation: u64,
+    table: Option<PortTable>,
+}
+
+impl PortCache {
+    /// The current port table, for the length of a burst; hand it back
+    /// with [`PortCache::put`].
+    #[inline]
+    pub fn take(&mut self, fabric: &Fabric) -> PortTable {
+        // The generation is read before the table: a table newer than the
+        // generation kept is only read again next time.
+        let generation = fabric.ports_generation.load(Ordering::Acquire);
+        match self.table.take() {
+            Some(t) if self.generation == generation => t,
+            _ => {
+                self.generation = generation;
+                fabric.ports()
+            }
+        }
+    }
+
+    /// Keeps `table` (from [`PortCache::take`]) for the next burst.
+    #[inline]
+    pub fn put(&mut self, table: PortTable) {
+        self.table = Some(table);
+    }
+
+    /// Lets go of the table (and so of the functions detached since).
+    pub fn release(&mut self) {
+        self.table = None;
     }
 }
 
@@ -45,20 +127,31 @@ impl Fabric {
     pub fn attach(&self, func: Arc<Function>) {
         let port = port_of(&func);
         self.bind(port, &func);
+        self.edit_ports(|ports| {
+            let i = port.0 as usize;
+            if ports.len() <= i {
+                ports.resize(i + 1, None);
+            }
+            ports[i] = Some(func);
+        });
+    }
+
+    /// Replaces the port table with a copy changed by `edit`; returns what
+    /// `edit` returned.
+    fn edit_ports<R>(&self, edit: impl FnOnce(&mut Vec<Option<Arc<Function>>>) -> R) -> R {
         let mut ports = self.ports.write();
-        let i = port.0 as usize;
-        if ports.len() <= i {
-            ports.resize(i + 1, None);
-        }
-        ports[i] = Some(func);
+        let mut table = ports.to_vec();
+        let r = edit(&mut table);
+        *ports = table.into();
+        // Under the lock, after the table: an engine that sees the new
+        // generation reads a table at least this new.
+        self.ports_generation.fetch_add(1, Ordering::Release);
+        r
     }
 
     /// Detaches the function on `port` and forgets its addresses.
     pub fn detach(&self, port: PortId) {
-        let old = {
-            let mut ports = self.ports.write();
-            ports.get_mut(port.0 as usize).and_then(Option::take)
-        };
+        let old = self.edit_ports(|ports| ports.get_mut(port.0 as usize).and_then(Option::take));
         if old.is_some() {
             let key = self.bound.lock().unwrap_or_else(|e| e.into_inner()).remove(&port);
             let mut fdb = self.fdb();
@@ -101,13 +194,27 @@ impl Fabric {
     }
 
     /// Write access to the forwarding table.
-    pub fn fdb(&self) -> RwLockWriteGuard<'_, Fdb> {
-        self.fdb.write()
+    pub fn fdb(&self) -> FdbWrite<'_> {
+        FdbWrite { fdb: self.fdb.write(), generation: &self.fdb_generation }
     }
 
-    /// The port table, for the length of a burst.
-    pub fn ports(&self) -> RwLockReadGuard<'_, Vec<Option<Arc<Function>>>> {
-        self.ports.read()
+    /// Read access to the forwarding table.
+    pub fn fdb_read(&self) -> RwLockReadGuard<'_, Fdb> {
+        self.fdb.read()
+    }
+
+    /// The forwarding table's generation ([`Fdb::generation`]), read
+    /// without its lock (a table changed under way may already show its
+    /// next one: a decision taken before is still one of the old table).
+    #[inline]
+    pub fn fdb_generation(&self) -> u64 {
+        self.fdb_generation.load(Ordering::Acquire)
+    }
+
+    /// The port table as it is now (engines keep theirs in a
+    /// [`PortCache`]).
+    pub fn ports(&self) -> PortTable {
+        self.ports.read().clone()
     }
 
     /// Milliseconds since the fabric was made (the switch's clock).
@@ -159,6 +266,6 @@ impl Fabric {
 
     /// The port of `mac` in `vlan`, VF or uplink.
     pub(crate) fn uplink_lookup(&self, mac: vfnic_types::MacAddr, vlan: u16) -> Option<PortId> {
-        self.fdb.read().lookup_vlan(vlan, mac)
+        self.fdb_read().lookup_vlan(vlan, mac)
     }
 }

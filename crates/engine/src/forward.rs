@@ -19,7 +19,7 @@ use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
 use crate::chains::ChainSets;
 use crate::deliver::{deliver_group_to, deliver_locked, fault_queue, Frame, RxScratch, TagEdit};
-use crate::fabric::{port_of, Fabric};
+use crate::fabric::{port_of, Fabric, PortCache};
 use crate::phases::{Phase, Stopwatch};
 use crate::rss;
 
@@ -328,6 +328,8 @@ fn split_key(k: VlanMac) -> (u16, MacAddr) {
 #[derive(Debug, Clone, Copy)]
 struct FdbMemo {
     generation: u64,
+    /// How long a checked source is trusted (ms).
+    src_window: u64,
     /// A source address the table knew ([`NO_KEY`]: none), and when that
     /// was checked (ms): trusted for a while, so that it is still
     /// refreshed well within the ageing time.
@@ -338,7 +340,32 @@ struct FdbMemo {
 
 impl Default for FdbMemo {
     fn default() -> Self {
-        FdbMemo { generation: 0, src: (NO_KEY, 0), fwd: (NO_KEY, (Dest::Nowhere, None)) }
+        FdbMemo { generation: 0, src_window: 0, src: (NO_KEY, 0), fwd: (NO_KEY, (Dest::Nowhere, None)) }
+    }
+}
+
+/// The forwarding table's read lock, taken by a burst on the first
+/// decision its port's copy ([`FdbMemo`]) does not hold.
+struct FdbRead<'a> {
+    fabric: &'a Fabric,
+    guard: Option<parking_lot::RwLockReadGuard<'a, vfnic_switch::Fdb>>,
+    /// The generation the burst's decisions are of.
+    generation: u64,
+}
+
+impl FdbRead<'_> {
+    /// The table, and whether its generation moved on since the one the
+    /// decisions so far are of (decisions copied from before are then
+    /// stale for the rest of the burst).
+    fn get(&mut self) -> (&vfnic_switch::Fdb, bool) {
+        let mut moved = false;
+        if self.guard.is_none() {
+            let table = self.fabric.fdb_read();
+            moved = table.generation() != self.generation;
+            self.generation = table.generation();
+            self.guard = Some(table);
+        }
+        (self.guard.as_deref().expect("taken above"), moved)
     }
 }
 
@@ -360,6 +387,8 @@ pub struct Scratch {
     rx: RxScratch,
     /// Per ingress port (VF index).
     fdb_memo: Vec<FdbMemo>,
+    /// The switch's port table as this engine last read it.
+    port_table: PortCache,
 }
 
 impl Default for Scratch {
@@ -375,6 +404,7 @@ impl Default for Scratch {
             policies: vfnic_op::PolicyCache::default(),
             rx: RxScratch::default(),
             fdb_memo: Vec::new(),
+            port_table: PortCache::default(),
         }
     }
 }
@@ -390,6 +420,7 @@ impl Scratch {
     pub fn release(&mut self) {
         self.tx.release();
         self.rx.release();
+        self.port_table.release();
     }
 }
 
@@ -683,19 +714,24 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     let mut single: Option<(u16, u16)> = None;
     let mut plain = true;
     {
-        let fdb = fabric.fdb.read();
-        let generation = fdb.generation();
+        // The table is read under its lock only when this port's copy of
+        // its decisions is out of date, or a frame needs one the copy does
+        // not hold.
+        let mut fdb = FdbRead { fabric, guard: None, generation: fabric.fdb_generation() };
         let slot = ingress.0 as usize;
         if scratch.fdb_memo.len() <= slot {
             scratch.fdb_memo.resize(slot + 1, FdbMemo::default());
         }
-        let memo = scratch.fdb_memo[slot];
-        let valid = memo.generation == generation;
-        // A learned source is re-checked (and so refreshed) at least every
-        // quarter of the ageing time, and every second.
-        let src_window = (fdb.ageing_ms() / 4).min(1000);
-        let mut last_src = if valid && now_ms < memo.src.1.saturating_add(src_window) { memo.src } else { (NO_KEY, 0) };
-        let mut last_fwd = if valid { memo.fwd } else { (NO_KEY, (Dest::Nowhere, None)) };
+        let mut memo = scratch.fdb_memo[slot];
+        if memo.generation != fdb.generation {
+            let (table, _) = fdb.get();
+            // A learned source is re-checked (and so refreshed) at least
+            // every quarter of the ageing time, and every second.
+            let src_window = (table.ageing_ms() / 4).min(1000);
+            memo = FdbMemo { generation: table.generation(), src_window, ..FdbMemo::default() };
+        }
+        let mut last_src = if now_ms < memo.src.1.saturating_add(memo.src_window) { memo.src } else { (NO_KEY, 0) };
+        let mut last_fwd = memo.fwd;
         // The source looked at last in this burst (or trusted from the memo).
         let mut seen_src = last_src.0;
         let mut own = [0u8; 8];
@@ -758,7 +794,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 seen_src = src_key;
                 // Only a source the table knows is remembered as checked.
                 last_src = (NO_KEY, 0);
-                if fdb.is_learned_vlan(domain, split_key(src_key).1, ingress, now_ms) {
+                let (table, moved) = fdb.get();
+                if moved {
+                    last_fwd = (NO_KEY, (Dest::Nowhere, None));
+                }
+                if table.is_learned_vlan(domain, split_key(src_key).1, ingress, now_ms) {
                     last_src = (src_key, now_ms);
                 } else if !scratch.learn.contains(&src_key) {
                     scratch.learn.push(src_key);
@@ -767,7 +807,11 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             // ... and their destination: one lookup per run of frames to it.
             let dst_key = dst | (domain as u64) << 48;
             if last_fwd.0 != dst_key {
-                let v = match fdb.forward_vlan(ingress, domain, split_key(dst_key).1) {
+                let (table, moved) = fdb.get();
+                if moved {
+                    last_src = (NO_KEY, 0);
+                }
+                let v = match table.forward_vlan(ingress, domain, split_key(dst_key).1) {
                     Forward::Unicast(p) => (Dest::Port(p.0), None),
                     Forward::Flood => (Dest::Flood, None),
                     Forward::Hairpin => (Dest::Nowhere, Some(DropReason::TxHairpin)),
@@ -781,7 +825,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             };
             scratch.dest.push(Meta { dest, len, domain, tagged, drop, offload });
         }
-        scratch.fdb_memo[slot] = FdbMemo { generation, src: last_src, fwd: last_fwd };
+        scratch.fdb_memo[slot] =
+            FdbMemo { generation: fdb.generation, src_window: memo.src_window, src: last_src, fwd: last_fwd };
     }
     watch.lap(Phase::Classify);
     if !scratch.learn.is_empty() {
@@ -805,7 +850,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
     // (receiver, RX buffers it has posted, its link speed), per receiver
     // of the burst; an uplink has no buffers to count, only its line rate.
     let mut rooms: [(u16, u16, u32); 8] = [(u16::MAX, 0, 0); 8];
-    let ports = fabric.ports();
+    let ports = scratch.port_table.take(fabric);
     let uplinks = std::cell::OnceCell::new();
     let held = |vf: u16| ports.get(vf as usize).and_then(Option::as_ref).is_some_and(|p| p.tx_held(now_ns));
     // The run of frames to one receiver being admitted: its port, its
@@ -1043,7 +1088,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         None => deliver_sorted(f, &ports, scratch, hdr_len, n, any_offload),
     };
     drop(rx_held);
-    drop(ports);
+    scratch.port_table.put(ports);
     watch.lap(Phase::Deliver);
 
     // 3b. The physical port: frames for addresses behind an uplink, and

@@ -609,6 +609,9 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             set_notifications(&queues, false, now_ns);
             continue;
         }
+        // Nothing of a tenant's (memory, a detached function) is kept alive
+        // by an engine asleep.
+        scratch.release();
         c.sleeps.fetch_add(1, Ordering::Relaxed);
         match &bells {
             Some(b) => {

@@ -381,7 +381,7 @@ fn burst(fabric: &Fabric, u: &Uplink, s: &mut PumpScratch) {
     s.dest.clear();
     s.learn.clear();
     {
-        let fdb = fabric.fdb.read();
+        let fdb = fabric.fdb_read();
         for i in 0..s.rx.len() {
             let f = frame_of(&s.bufs, &s.rx, i);
             let dst = MacAddr::from_slice(&f[..6]).expect("6 bytes");

@@ -701,7 +701,7 @@ impl Pf {
 
     /// The switch's forwarding table.
     pub fn fdb(&self) -> Vec<FdbEntry> {
-        let fdb = self.shared.fabric.fdb.read();
+        let fdb = self.shared.fabric.fdb_read();
         fdb.entries()
             .into_iter()
             .map(|(k, port, s)| FdbEntry { vlan: k.vlan, mac: k.mac, port: port.0, r#static: s })

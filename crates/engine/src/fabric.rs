@@ -269,3 +269,59 @@ impl Fabric {
         self.fdb_read().lookup_vlan(vlan, mac)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfnic_op::FunctionSettings;
+    use vfnic_types::{MacAddr, VfId};
+
+    fn vf(i: u16) -> Arc<Function> {
+        Arc::new(Function::new(VfId(i), FunctionSettings::new(MacAddr::for_vf(i), format!("vf{i}").into()), 1))
+    }
+
+    #[test]
+    fn published_generation_follows_every_write_of_the_table() {
+        let fabric = Fabric::default();
+        assert_eq!(fabric.fdb_generation(), fabric.fdb_read().generation());
+        let before = fabric.fdb_generation();
+        fabric.attach(vf(1));
+        let after = fabric.fdb_generation();
+        assert_ne!(after, before, "binding the VF's address changes a decision");
+        assert_eq!(after, fabric.fdb_read().generation());
+        // A write through the guard, even replacing the whole table.
+        *fabric.fdb() = Fdb::default();
+        assert_eq!(fabric.fdb_generation(), fabric.fdb_read().generation());
+        assert_ne!(fabric.fdb_generation(), after);
+    }
+
+    #[test]
+    fn an_engine_copy_of_the_port_table_follows_attach_and_detach() {
+        let fabric = Fabric::default();
+        let mut cache = PortCache::default();
+        let t = cache.take(&fabric);
+        assert!(t.is_empty());
+        cache.put(t);
+        fabric.attach(vf(2));
+        let t = cache.take(&fabric);
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[2].as_ref().map(|f| f.id), Some(VfId(2)));
+        cache.put(t);
+        // Unchanged: the same table, not read again.
+        let t = cache.take(&fabric);
+        assert!(Arc::ptr_eq(&t, &fabric.ports()));
+        cache.put(t);
+        fabric.detach(PortId(2));
+        let t = cache.take(&fabric);
+        assert!(t[2].is_none(), "a detached VF is gone from the next burst's table");
+        cache.put(t);
+        // Released (an engine going to sleep): the function is not kept.
+        let f = vf(4);
+        fabric.attach(f.clone());
+        let t = cache.take(&fabric);
+        cache.put(t);
+        fabric.detach(PortId(4));
+        cache.release();
+        assert_eq!(Arc::strong_count(&f), 1);
+    }
+}

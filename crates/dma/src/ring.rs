@@ -259,11 +259,23 @@ impl SplitRing {
             return None;
         }
         let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
-        if n <= 1 {
-            // One chain is walked right away: nothing to overlap.
-            return Some(n);
+        if n == 0 {
+            return Some(0);
+        }
+        // What the burst's completion writes and reads last, after the
+        // copies: the used index's line and, with EVENT_IDX, the driver's
+        // `used_event` (read right after a fence). Asked for now, their
+        // misses overlap the burst's work instead of adding to its end.
+        crate::copy::prefetch_write(self.used);
+        if self.event_idx {
+            crate::copy::prefetch(self.avail.wrapping_add(4 + 2 * self.size as usize));
         }
         let mask = self.size - 1;
+        if n == 1 {
+            // One chain is walked right away: only its used line to ask for.
+            crate::copy::prefetch_write(self.used.wrapping_add(4 + 8 * (self.next_used & mask) as usize));
+            return Some(1);
+        }
         for i in 0..n {
             let head = self.avail_entry(i);
             // Masked: a bad head is refused later by `pop_head`; the hint

@@ -1096,6 +1096,39 @@ fn rx_buffers_not_writable_are_never_written() {
     );
 }
 
+/// A malformed RX buffer met while counting the receiver's buffers for a
+/// burst that then takes the per-frame way (the receiver has a link speed,
+/// so its arbiter is not open): the chains taken for the count are given
+/// back, the bad one unwritten, and the queue is faulted as a delivery would
+/// have; the frame is then dropped at the faulted queue.
+#[test]
+fn rx_bad_buffer_met_while_counting_for_a_receiver_with_a_link_speed() {
+    let (mut d, mut h) = setup();
+    let change = vfnic_pf::pf::VfChange { speed: Some(10_000), ..Default::default() };
+    d.api(Request::VfSet { vf: VF, change });
+    const PATTERN: u8 = 0x5a;
+    let buf = std::cell::Cell::new(0u64);
+    fault_and_recover(
+        &mut d,
+        &mut h,
+        "read-only RX buffer, receiver with a link speed",
+        Options { fill_rx: false, ..Options::default() },
+        Fault { error: "desc_permission", drop: Some("rx_dropped_not_ready"), dir: Dir::Rx, returned: None },
+        |_, v, h| {
+            let at = v.alloc_scratch(2048, 64).unwrap();
+            v.write_mem(at, &[PATTERN; 2048]).unwrap();
+            buf.set(at);
+            v.post_rx_raw(&[desc(0, at, 2048, 0, 0)], 0).unwrap();
+            h.a.send(&frame(vf_mac(VF), vf_mac(2), 100, 3)).unwrap();
+        },
+        |v| {
+            assert!(v.read_mem(buf.get(), 2048).unwrap().iter().all(|&b| b == PATTERN), "read-only buffer modified");
+            let used = v.pop_rx_used().unwrap().expect("the chain is given back");
+            assert_eq!((used.id, used.len), (0, 0), "given back with nothing written");
+        },
+    );
+}
+
 /// Two good RX buffers and then one outside memory, and three frames sent in
 /// one burst: the good buffers get the first two frames (a group's RX chains
 /// are taken together, before any is written), then the queue faults.

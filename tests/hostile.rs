@@ -1053,27 +1053,9 @@ fn rx_buffers_not_writable_are_never_written() {
     let (mut d, mut h) = setup();
     let opts = Options { fill_rx: false, ..Options::default() };
     const PATTERN: u8 = 0xa5;
-    // One read-only buffer.
     let buf = std::cell::Cell::new(0u64);
-    fault_and_recover(
-        &mut d,
-        &mut h,
-        "read-only RX buffer",
-        opts.clone(),
-        rx_fault("desc_permission"),
-        |_, v, h| {
-            let at = v.alloc_scratch(2048, 64).unwrap();
-            v.write_mem(at, &[PATTERN; 2048]).unwrap();
-            buf.set(at);
-            v.post_rx_raw(&[desc(0, at, 2048, 0, 0)], 0).unwrap();
-            h.a.send(&frame(vf_mac(VF), vf_mac(2), 100, 1)).unwrap();
-        },
-        |v| {
-            assert!(v.read_mem(buf.get(), 2048).unwrap().iter().all(|&b| b == PATTERN), "read-only buffer modified");
-            let used = v.pop_rx_used().unwrap().expect("the chain is given back");
-            assert_eq!((used.id, used.len), (0, 0), "given back with nothing written");
-        },
-    );
+    // One read-only buffer.
+    read_only_rx_buffer(&mut d, &mut h, "read-only RX buffer", rx_fault("desc_permission"), 1);
     // A writable header buffer chained to a read-only one: neither is touched.
     fault_and_recover(
         &mut d,
@@ -1106,20 +1088,27 @@ fn rx_bad_buffer_met_while_counting_for_a_receiver_with_a_link_speed() {
     let (mut d, mut h) = setup();
     let change = vfnic_pf::pf::VfChange { speed: Some(10_000), ..Default::default() };
     d.api(Request::VfSet { vf: VF, change });
+    let fault = Fault { error: "desc_permission", drop: Some("rx_dropped_not_ready"), dir: Dir::Rx, returned: None };
+    read_only_rx_buffer(&mut d, &mut h, "read-only RX buffer, receiver with a link speed", fault, 3);
+}
+
+/// One read-only RX buffer posted on VF0 and a frame sent to it: the fault
+/// `f` follows, and the buffer comes back untouched with length 0.
+fn read_only_rx_buffer(d: &mut Daemon, h: &mut Healthy, what: &str, f: Fault, tag: u8) {
     const PATTERN: u8 = 0x5a;
     let buf = std::cell::Cell::new(0u64);
     fault_and_recover(
-        &mut d,
-        &mut h,
-        "read-only RX buffer, receiver with a link speed",
+        d,
+        h,
+        what,
         Options { fill_rx: false, ..Options::default() },
-        Fault { error: "desc_permission", drop: Some("rx_dropped_not_ready"), dir: Dir::Rx, returned: None },
+        f,
         |_, v, h| {
             let at = v.alloc_scratch(2048, 64).unwrap();
             v.write_mem(at, &[PATTERN; 2048]).unwrap();
             buf.set(at);
             v.post_rx_raw(&[desc(0, at, 2048, 0, 0)], 0).unwrap();
-            h.a.send(&frame(vf_mac(VF), vf_mac(2), 100, 3)).unwrap();
+            h.a.send(&frame(vf_mac(VF), vf_mac(2), 100, tag)).unwrap();
         },
         |v| {
             assert!(v.read_mem(buf.get(), 2048).unwrap().iter().all(|&b| b == PATTERN), "read-only buffer modified");

@@ -415,8 +415,9 @@ impl Scratch {
         self.rx.fire_due(false) > 0
     }
 
-    /// Lets go of every tenant memory table the chains still refer to; the
-    /// engine calls it whenever its queues change.
+    /// Lets go of every tenant memory table the chains still refer to and
+    /// of the port table copy (so of functions detached since); the engine
+    /// calls it whenever its queues change and before it sleeps.
     pub fn release(&mut self) {
         self.tx.release();
         self.rx.release();

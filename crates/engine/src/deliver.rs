@@ -61,7 +61,7 @@ impl RxScratch {
         self.fire_due(true);
     }
 
-    /// Takes up to `want` (at most [`AHEAD`]) RX chains from the ready
+    /// Takes up to `want` (at most `AHEAD`, 64) RX chains from the ready
     /// ring `s` for the next [`deliver_locked`] into it, which must follow
     /// under the same lock, or [`RxScratch::give_back`]. Returns how many
     /// frames the ring has room for: the chains taken, or `want` when a

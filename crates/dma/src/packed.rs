@@ -266,8 +266,13 @@ impl PackedRing {
         self.next_used | if self.used_wrap { WRAP_BIT } else { 0 }
     }
 
-    /// Pointer to descriptor `slot` (< size).
+    /// Hint: the next descriptor's line (what the next take reads first).
     #[inline]
+    pub fn prefetch_next(&self) {
+        crate::copy::prefetch(self.desc_ptr(self.next_avail));
+    }
+
+    /// Pointer to descriptor `slot` (< size).
     fn desc_ptr(&self, slot: u16) -> *mut u8 {
         debug_assert!(slot < self.size);
         // In bounds: slot < size and the ring was translated with 16 * size
@@ -1205,6 +1210,7 @@ mod tests {
         for max in [0, 1, 4, 64] {
             assert_eq!(r.room_prefetching(max), r.room_upto(max), "the count with the hint is the count");
         }
+        r.prefetch_next();
         assert_eq!(before.1, 4);
         assert_eq!((r.next_avail_state(), r.room_upto(8)), before, "nothing taken");
         // The pops find the ring as the driver left it.

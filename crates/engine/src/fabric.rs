@@ -111,6 +111,12 @@ impl PortCache {
         self.table = Some(table);
     }
 
+    /// The table kept from the last burst, if any (possibly out of date:
+    /// for hints only).
+    pub fn peek(&self) -> Option<&PortTable> {
+        self.table.as_ref()
+    }
+
     /// Lets go of the table (and so of the functions detached since).
     pub fn release(&mut self) {
         self.table = None;

@@ -201,4 +201,11 @@ impl Vring {
     pub fn lock(&self) -> MutexGuard<'_, VringState> {
         self.state.lock()
     }
+
+    /// The queue context if no one holds it (for hints that are not worth
+    /// a wait).
+    #[inline]
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, VringState>> {
+        self.state.try_lock()
+    }
 }

@@ -22,6 +22,7 @@
 //! `vfnic-engine`.
 #![deny(missing_docs)]
 
+pub mod ab;
 pub mod chain;
 pub mod copy;
 pub mod mem;

@@ -16,11 +16,14 @@
 //! * [`forward`]: the per-queue burst: TX chain -> switch -> RX chains;
 //! * [`deliver`]: writing one frame into a receiver's RX queue;
 //! * [`phases`]: cycles per phase of a burst (feature `phase-cycles`);
+//! * [`ab`]: the in-process A/B switch for experiments (feature
+//!   `ab-switch`);
 //! * [`mailbox`]: the control virtqueue (VF-to-PF mailbox): commands
 //!   answered by PF policy.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ab;
 pub mod chains;
 pub mod deliver;
 pub mod fabric;

@@ -531,7 +531,9 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
     let mut last_work = tsc::now();
     let mut rounds = 0u64;
     let mut t_prev = tsc::now();
+    let mut ab = crate::ab::AbClock::new(engine.id);
     while !engine.stop.load(Ordering::Relaxed) {
+        ab.tick();
         let g = engine.generation.load(Ordering::Acquire);
         if g != seen || bells.is_none() {
             seen = g;
@@ -580,6 +582,7 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
             }
         }
         let t = tsc::now();
+        ab.count(work);
         if work > 0 {
             scratch.fire_due_interrupts();
             bump(&c.chains, work as u64);

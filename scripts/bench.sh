@@ -28,6 +28,9 @@
 #      pair) VFNIC=target/release/vfnic OUT=/tmp/vfnic-bench.<time> (logs)
 #      MD=BENCHMARKS.md (where the section is appended; MD= to skip)
 #      NOTE="" (a line added to the section)
+#      CLIENT_EXTRA="" (added to the client's testpmd options, e.g.
+#      --record-core-cycles: its fe.log then ends with the client's own
+#      cycles per packet)
 # Needs: root, hugepages (>= 512 free 2 MiB pages: scripts/setup.sh or
 # /work/shared/recipes/setup-hugepages.sh), dpdk-testpmd (package dpdk), python3,
 # 2+ cores. Run `cargo build --release` first.
@@ -178,10 +181,12 @@ start_client() {
     else
         app=(--forward-mode=rxonly)
     fi
+    local extra=()
+    read -ra extra <<<"${CLIENT_EXTRA:-}"
     SEQ=$((SEQ + 1))
     timeout -k 5 $((SECS + IDLE_SECS + 60)) stdbuf -oL dpdk-testpmd -l 1,0 --main-lcore 1 -m 512 \
         --no-pci --in-memory --single-file-segments --file-prefix="vfbfe$$_$SEQ" "${vdevs[@]}" -- \
-        --no-mlockall --total-num-mbufs=16384 "${app[@]}" --stats-period 1 \
+        --no-mlockall --total-num-mbufs=16384 "${app[@]}" "${extra[@]}" --stats-period 1 \
         </dev/null >"$logf" 2>&1 &
     FE_T=$!; GROUPS_STARTED+=("$FE_T")
 }

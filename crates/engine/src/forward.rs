@@ -91,7 +91,7 @@ pub const DRR_QUANTUM: u64 = 1536;
 /// turn of its engine. Sixteen MTU-sized frames: a turn of weight 1 is a
 /// burst of large frames, not one frame (with one frame per turn, every
 /// 1518-byte frame paid a whole burst's fixed cost). While the queue's
-/// frames wait on a congested receiver ([`CONTENDING_NS`] since they were
+/// frames wait on a congested receiver (for `vfnic_qos::Share::CONGESTED_NS` since they were
 /// last held there), its credit per turn is [`DRR_QUANTUM`] instead: the
 /// senders of that receiver then reach it interleaved frame by frame,
 /// which its fair order (`qos::Share`) needs to hold to the weights.

@@ -34,11 +34,7 @@ OUT=$(mktemp -d /tmp/vfnic-abswitch.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 export VFNIC_AB_MS=$MS
-start_loop "$OUT/run" "abs$$" $((SECS + 30)) "$bin"
-vp=$VFNIC_PID tp=$LOOP_PID
-sleep "$SECS"
-kill "$tp" "$vp" 2>/dev/null || true
-wait "$tp" "$vp" 2>/dev/null || true
+loop_for "$OUT/run" "abs$$" "$SECS" "$bin"
 python3 - "$OUT/run/vfnic.log" "$bin" <<'PY'
 import re, statistics as st, sys
 rows = []

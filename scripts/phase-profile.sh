@@ -32,12 +32,8 @@ OUT=$(mktemp -d /tmp/vfnic-phases.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 
 run() {
-    local bin=$1 d=$OUT/run vp tp
-    start_loop "$d" "ph$$" $((SECS + 30)) "$bin"
-    vp=$VFNIC_PID tp=$LOOP_PID
-    sleep "$SECS"
-    kill "$tp" "$vp" 2>/dev/null || true
-    wait "$tp" "$vp" 2>/dev/null || true
+    local bin=$1 d=$OUT/run
+    loop_for "$d" "ph$$" "$SECS" "$bin"
     python3 - "$d/vfnic.log" "$bin" <<'PY'
 import re, statistics as st, sys
 keys = ["frames_per_burst", "take", "classify", "arbitrate", "deliver", "rx_take", "rx_fill", "complete"]

@@ -5,7 +5,8 @@
 #   setup        scripts/setup.sh (packages, hugepages; needs root)
 #   fmt          cargo fmt --all -- --check
 #   clippy       cargo clippy --workspace --all-targets -- -D warnings
-#   clippy-phases  the same for vfnic-engine with its phase-cycles feature
+#   clippy-features  the same for vfnic-engine with its tool features
+#                  (phase-cycles, ab-switch)
 #   test         cargo test --workspace
 #   build        cargo build --release            (the daemon the suites run)
 #   guest        scripts/build-guest.sh .cache/guest (cached between runs)
@@ -117,9 +118,11 @@ do_cargo_checks() {
     if selected fmt; then run_step fmt 300 cargo fmt --all -- --check; fi
     if selected clippy; then
         run_step clippy 1800 cargo clippy --workspace --all-targets -- -D warnings
-        # The engines' phase timing (scripts/phase-profile.sh) is a feature
-        # the default build leaves out: checked here so it keeps building.
-        run_step clippy-phases 900 cargo clippy -p vfnic-engine --all-targets --features phase-cycles -- -D warnings
+        # The engines' phase timing (scripts/phase-profile.sh) and A/B switch
+        # (scripts/ab-switch.sh) are features the default build leaves out:
+        # checked here so they keep building.
+        run_step clippy-features 900 cargo clippy -p vfnic-engine --all-targets --features phase-cycles,ab-switch \
+            -- -D warnings
     fi
     if selected test; then run_step test 1800 cargo test --workspace; fi
 }

@@ -1,4 +1,4 @@
-# scripts/bench/mac-loop.sh — sourced by ab-bench.sh, ir-profile.sh and phase-profile.sh: how
+# scripts/bench/mac-loop.sh — sourced by ab-bench.sh, ab-switch.sh, ir-profile.sh and phase-profile.sh: how
 # they start vfnic, and the client they share: one dpdk-testpmd whose two
 # net_virtio_user ports sit on VF0's and VF1's sockets and loop frames in mac
 # forward mode (each port's frames addressed to the other VF, so every frame
@@ -43,4 +43,15 @@ start_loop() {
     start_vfnic "$d/run" "$d/vfnic.log" "$bin"
     mac_loop "$d/run" "$prefix" "$limit" --tx-first --stats-period 1 </dev/null >"$d/testpmd.log" 2>&1 &
     LOOP_PID=$!
+}
+
+# loop_for WORK_DIR PREFIX SECS BIN: start_loop, let it run SECS seconds,
+# stop both (the logs stay in WORK_DIR).
+loop_for() {
+    local d=$1 prefix=$2 secs=$3 bin=$4
+    start_loop "$d" "$prefix" $((secs + 30)) "$bin"
+    local vp=$VFNIC_PID tp=$LOOP_PID
+    sleep "$secs"
+    kill "$tp" "$vp" 2>/dev/null || true
+    wait "$tp" "$vp" 2>/dev/null || true
 }

@@ -273,6 +273,7 @@ impl PackedRing {
     }
 
     /// Pointer to descriptor `slot` (< size).
+    #[inline]
     fn desc_ptr(&self, slot: u16) -> *mut u8 {
         debug_assert!(slot < self.size);
         // In bounds: slot < size and the ring was translated with 16 * size

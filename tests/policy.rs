@@ -113,6 +113,62 @@ fn state_disable_stops_both_ways() {
     assert!(b.recv_timeout(QUIET).unwrap().is_none());
 }
 
+/// Frames sent one at a time, so that each is a burst of one and, once the
+/// first has gone through, takes the engine's one-frame way (its port's
+/// last decision reused, forward.rs `lone`): every change of policy between
+/// two frames still decides the next one.
+#[test]
+fn one_frame_bursts_follow_every_policy_change() {
+    use vfnic_pf::api::Request;
+    use vfnic_pf::pf::VfChange;
+    use vfnic_types::LinkState;
+    let d = Daemon::start("num_vfs = 2\nengines = 1\n");
+    let (mut a, mut b) = (attach(&d, 0), attach(&d, 1));
+    let set = |vf: u16, change: VfChange| {
+        d.api(Request::VfSet { vf, change });
+    };
+    let mut fill = 0u8;
+    let mut passes = |a: &mut VirtioNet, b: &mut VirtioNet| {
+        fill += 1;
+        let f = frame(vf_mac(1), vf_mac(0), 64, fill);
+        a.send(&f).unwrap();
+        assert_eq!(b.recv_timeout(Duration::from_secs(5)).unwrap().expect("delivered"), f);
+    };
+    passes(&mut a, &mut b);
+    passes(&mut a, &mut b);
+    // A foreign source.
+    a.send(&frame(vf_mac(1), [0x02, 0xee, 0, 0, 0, 1], 64, 0)).unwrap();
+    d.wait_for("spoofed frame dropped", 5, || drops(&d, 0, "tx_dropped_spoofed") == 1);
+    passes(&mut a, &mut b);
+    // The receiver's link, then the sender's, administratively down.
+    set(1, VfChange { state: Some(LinkState::Disable), ..Default::default() });
+    a.send(&frame(vf_mac(1), vf_mac(0), 64, 0)).unwrap();
+    d.wait_for("receiver down", 5, || drops(&d, 1, "rx_dropped_link_down") == 1);
+    set(1, VfChange { state: Some(LinkState::Auto), ..Default::default() });
+    passes(&mut a, &mut b);
+    set(0, VfChange { state: Some(LinkState::Disable), ..Default::default() });
+    a.send(&frame(vf_mac(1), vf_mac(0), 64, 0)).unwrap();
+    d.wait_for("sender down", 5, || drops(&d, 0, "tx_dropped_link_down") == 1);
+    set(0, VfChange { state: Some(LinkState::Auto), ..Default::default() });
+    passes(&mut a, &mut b);
+    // The receiver moved into a VLAN: the sender's untagged frame to it
+    // has no receiver left in the sender's (no) VLAN.
+    set(1, VfChange { vlan: Some(10), ..Default::default() });
+    a.send(&frame(vf_mac(1), vf_mac(0), 64, 0)).unwrap();
+    assert!(b.recv_timeout(QUIET).unwrap().is_none(), "no frame across VLANs");
+    set(1, VfChange { vlan: Some(0), ..Default::default() });
+    passes(&mut a, &mut b);
+    // A tagged frame from an untrusted VF, and one past the MTU.
+    a.send(&tagged(vf_mac(1), vf_mac(0), 10, 84, 0)).unwrap();
+    a.send(&frame(vf_mac(1), vf_mac(0), 1600, 0)).unwrap();
+    d.wait_for("tagged and oversize frames dropped", 5, || {
+        drops(&d, 0, "tx_dropped_vlan") == 1 && drops(&d, 0, "tx_dropped_oversize") == 1
+    });
+    assert!(b.recv_timeout(QUIET).unwrap().is_none());
+    passes(&mut a, &mut b);
+    assert_eq!(d.counter(1, &["rx_packets"]), 7);
+}
+
 /// The VF-to-PF mailbox through the daemon's engines: an untrusted VF asking
 /// for promiscuous mode is refused (VIRTIO_NET_ERR, counted); a trusted one
 /// is granted and then receives other VFs' unicast.

@@ -212,7 +212,7 @@ impl<'a> Frame<'a> {
         }
     }
 
-    fn revoked(&self) -> bool {
+    pub(crate) fn revoked(&self) -> bool {
         match self.src {
             Source::Chain { chain, .. } => chain.revoked(),
             Source::Bytes(_) => false,

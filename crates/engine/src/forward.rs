@@ -2,12 +2,13 @@
 //! them all, resolve every destination under one read of the forwarding
 //! table, then deliver per destination in one group (one RX lock, one
 //! publish, one interrupt per receiver per burst). Frames keep their order
-//! per (sender queue, receiver).
+//! per (sender queue, receiver). A burst of one frame to where the port's
+//! last burst went takes a short way through the same decisions (`lone`).
 
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{peek, Cursor};
 use vfnic_dma::{Chain, PopError};
-use vfnic_op::vring::TxQos;
+use vfnic_op::vring::{TxQos, VringState};
 use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
 use vfnic_types::{DropReason, ErrorKind, HoldReason, MacAddr};
@@ -724,6 +725,17 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         return 0;
     }
     watch.lap(Phase::Take);
+    // A burst of one frame going where the port's last one went: steps 2
+    // to 3 from the memo, without their bookkeeping for many (`lone`).
+    if n == 1 && fault.is_none() && pass != Pass::Guaranteed {
+        if let Some(len) = lone(f, &pol, hdr_len, fabric, scratch, now_ns, drained) {
+            qos.blocked_since_ns = None;
+            watch.lap(Phase::Deliver);
+            let sent = Sent { chains: &scratch.tx.active[..1], packets: 1, bytes: len, fault: None };
+            let acked = f.acked_features();
+            return complete_tx(f, qp, tx.index, &mut s, sent, acked, watch);
+        }
+    }
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
@@ -1138,14 +1150,41 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         }
     }
 
-    // 4. Complete the TX chains (length 0: the device writes nothing into
-    // TX buffers), in order: one publish, at most one interrupt (and, with
-    // IN_ORDER on a packed ring, one used descriptor).
+    let sent = Sent { chains: &scratch.tx.active[..n], packets: tx_packets, bytes: tx_bytes, fault };
+    complete_tx(f, qp, tx.index, &mut s, sent, acked, watch)
+}
+
+/// What a burst hands to [`complete_tx`].
+struct Sent<'a> {
+    /// The TX chains taken, in order.
+    chains: &'a [Chain],
+    /// Frames sent (not dropped) and their bytes.
+    packets: u64,
+    bytes: u64,
+    /// The tenant broke the queue: it is faulted once the chains are back.
+    fault: Option<ErrorKind>,
+}
+
+/// Step 4 of [`process_tx`]: completes the TX chains (length 0: the device
+/// writes nothing into TX buffers), in order: one publish, at most one
+/// interrupt (and, with IN_ORDER on a packed ring, one used descriptor).
+/// Returns what the burst returns.
+fn complete_tx(
+    f: &Function,
+    qp: u16,
+    index: u16,
+    s: &mut VringState,
+    sent: Sent<'_>,
+    acked: u64,
+    mut watch: Stopwatch,
+) -> usize {
     let qc = f.queue_counters(qp);
-    qc.tx_packets.add_exclusive(tx_packets);
-    qc.tx_bytes.add_exclusive(tx_bytes);
-    ring.complete_unwritten(&scratch.tx.active[..n], features::in_order(acked));
+    qc.tx_packets.add_exclusive(sent.packets);
+    qc.tx_bytes.add_exclusive(sent.bytes);
+    let ring = s.ring.as_mut().expect("ready() checked the ring");
+    ring.complete_unwritten(sent.chains, features::in_order(acked));
     ring.publish_used();
+    let mut fault = sent.fault;
     if ring.mem().revoked() {
         fault = Some(ErrorKind::MemoryRevoked);
     }
@@ -1153,9 +1192,108 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         f.counters.interrupts.inc();
     }
     if let Some(kind) = fault {
-        fault_queue(f, &mut s, kind, tx.index);
+        fault_queue(f, s, kind, index);
     }
     watch.lap(Phase::Complete);
+    let n = sent.chains.len();
     crate::phases::burst(n as u64);
     n.max(1)
+}
+
+/// Steps 2 to 3 of [`process_tx`] for its commonest burst: one frame,
+/// plain (no offload asked for, untagged, not dropped), from the source
+/// and to the destination its port's last burst had (its [`FdbMemo`]),
+/// for a VF with one queue pair that is up, has a buffer posted and whose
+/// arbiter is open (no link speed, not congested). The decisions are the
+/// general steps' own, read from the memo; what is left out is their
+/// bookkeeping for many frames and many receivers (the burst's list of
+/// destinations, the arbitration's runs, the delivery's iterators): with
+/// one frame per burst, the latency test's load, that was about half of a
+/// burst's instructions.
+///
+/// Returns the frame's length once it is delivered; `None`, with nothing
+/// changed, when the general steps must take it.
+fn lone(
+    f: &Function,
+    pol: &Policy,
+    hdr_len: u64,
+    fabric: &Fabric,
+    scratch: &mut Scratch,
+    now_ns: u64,
+    drained: bool,
+) -> Option<u64> {
+    let chain = &scratch.tx.active[0];
+    let h = peek::<28>(chain, 0).filter(|_| hdr_len == 12)?;
+    let len = chain.len() - hdr_len;
+    let plain = h[0] & features::HDR_F_NEEDS_CSUM == 0
+        && h[1] == features::GSO_NONE
+        && u16::from_be_bytes([h[24], h[25]]) != ETH_P_8021Q
+        && len <= f.mtu() as u64 + ETH_HLEN + VLAN_HLEN
+        && pol.enabled;
+    let dst = mac_bits(h[12..20].try_into().expect("8 bytes"));
+    let src = mac_bits(h[18..26].try_into().expect("8 bytes"));
+    let mut own = [0u8; 8];
+    own[..6].copy_from_slice(&pol.mac.0);
+    if !plain || (pol.spoofchk && src != mac_bits(own)) {
+        return None;
+    }
+    // Untagged: the frame is in the port's VLAN (0: none).
+    let domain = (pol.vlan as u64) << 48;
+    let memo = scratch.fdb_memo.get(port_of(f).0 as usize)?;
+    let trusted = now_ns / 1_000_000 < memo.src.1.saturating_add(memo.src_window);
+    if memo.generation != fabric.fdb_generation()
+        || memo.src.0 != src | domain
+        || !trusted
+        || memo.fwd.0 != dst | domain
+    {
+        return None;
+    }
+    let (Dest::Port(p), None) = memo.fwd.1 else { return None };
+    if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) || vfnic_op::any_promiscuous() {
+        return None;
+    }
+    let ports = scratch.port_table.take(fabric);
+    let r = ports.get(p as usize).and_then(Option::as_ref).and_then(|d| {
+        let Scratch { tx, policies, rx, .. } = &mut *scratch;
+        lone_to(f, d, policies.get(d), pol.vlan, Frame::from_chain(&tx.active[0], hdr_len, len), rx, now_ns, drained)
+    });
+    scratch.port_table.put(ports);
+    r.map(|()| len)
+}
+
+/// [`lone`]'s delivery of `frame` to `d` (its policy `pd`), as step 2b
+/// admits the common burst and step 3 delivers it.
+#[allow(clippy::too_many_arguments)]
+fn lone_to(
+    f: &Function,
+    d: &Arc<Function>,
+    pd: Policy,
+    vlan: u16,
+    frame: Frame<'_>,
+    rx: &mut RxScratch,
+    now_ns: u64,
+    drained: bool,
+) -> Option<()> {
+    if d.queue_pairs() > 1 || pd.vlan != vlan || !d.connected() || !d.link_up() {
+        return None;
+    }
+    let ring = d.rx(0);
+    let mut rs = ring.lock();
+    if !rs.ready() {
+        return None;
+    }
+    let room = rx.take_ahead(&mut rs, 1);
+    let mut share = d.share();
+    share.set_speed(pd.speed, now_ns);
+    if room == 0 || share.has_link() || share.congested(now_ns) || frame.revoked() {
+        drop(share);
+        rx.give_back(d, ring.index, &mut rs);
+        return None;
+    }
+    if drained {
+        share.idle(f.id.0);
+    }
+    drop(share);
+    deliver_locked(d, ring.index, &mut rs, frame, std::iter::empty(), rx);
+    Some(())
 }

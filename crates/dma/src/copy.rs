@@ -199,23 +199,43 @@ impl<'c> Cursor<'c> {
 /// caller then takes the general path of [`Cursor`]s and [`copy`]).
 #[inline]
 pub fn copy_flat(hdr: &[u8], src: &Chain, src_off: u64, len: u64, dst: &Chain) -> bool {
-    let (Some(s), Some(d)) = (src.segments().first(), dst.segments().first()) else { return false };
-    let fits_src = src_off.checked_add(len).is_some_and(|end| end <= s.len as u64);
-    let fits_dst = (hdr.len() as u64).checked_add(len).is_some_and(|end| end <= d.len as u64);
-    if !fits_src || !fits_dst {
+    let (Some(from), Some(d)) = (flat_source(src, src_off, len), dst.segments().first()) else { return false };
+    if (hdr.len() as u64).checked_add(len).is_none_or(|end| end > d.len as u64) {
         return false;
     }
-    // SAFETY: `s.ptr + src_off .. + len` and `d.ptr .. + hdr.len() + len`
-    // lie inside the first segment of each chain (checked just above),
+    // SAFETY: `from .. + len` lies in `src`'s first segment (flat_source)
+    // and `d.ptr .. + hdr.len() + len` in `dst`'s (checked just above),
     // each translated with its length from its chain's memory, which the
     // chains keep mapped; RX chains are walked with `Access::DeviceWrites`,
-    // so the tenant marked `d` writable. The two are different mappings of
-    // tenant memory (no overlap), and `hdr` is the daemon's own.
-    unsafe {
-        copy_bytes(hdr.as_ptr(), d.ptr, hdr.len());
-        copy_bytes(s.ptr.add(src_off as usize), d.ptr.add(hdr.len()), len as usize);
-    }
+    // so the tenant marked `d` writable.
+    unsafe { copy_flat_to(hdr, from, len, d.ptr) };
     true
+}
+
+/// Where `len` bytes of `src` from `src_off` start, when they all lie in
+/// its first segment (a frame in its sender's first buffer).
+#[inline]
+pub(crate) fn flat_source(src: &Chain, src_off: u64, len: u64) -> Option<*const u8> {
+    let s = src.segments().first()?;
+    let end = src_off.checked_add(len)?;
+    // SAFETY: src_off <= end <= s.len: inside the segment.
+    (end <= s.len as u64).then(|| unsafe { s.ptr.add(src_off as usize).cast_const() })
+}
+
+/// Writes `hdr`, then `len` bytes from `from`, to the start of `dst`: a
+/// frame and its virtio-net header in two straight copies.
+///
+/// # Safety
+/// `from .. + len` must be readable, `dst .. + hdr.len() + len` writable,
+/// and the two must not overlap (two mappings of tenant memory; `hdr` is
+/// the daemon's own).
+#[inline(always)]
+pub(crate) unsafe fn copy_flat_to(hdr: &[u8], from: *const u8, len: u64, dst: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        copy_bytes(hdr.as_ptr(), dst, hdr.len());
+        copy_bytes(from, dst.add(hdr.len()), len as usize);
+    }
 }
 
 /// Copies up to `len` bytes from `src` to `dst`, advancing both; returns the

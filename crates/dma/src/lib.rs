@@ -36,4 +36,4 @@ pub use chain::{Chain, ChainError, Segment, MAX_CHAIN_SEGMENTS};
 pub use mem::{GuestMemory, MemError, RegionSpec, Window};
 pub use packed::{PackedRing, PopError, Token};
 pub use ring::{RingAddrs, RingError, SplitRing};
-pub use vq::Virtqueue;
+pub use vq::{Filled, Virtqueue};

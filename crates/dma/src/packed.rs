@@ -483,9 +483,30 @@ impl PackedRing {
         }
     }
 
+    /// The next available chain, when it is one device-writable
+    /// descriptor of at least `need` bytes inside tenant memory: its token
+    /// and where the buffer is mapped. Takes nothing (`took` does).
+    #[inline]
+    pub(crate) fn next_buffer(&mut self, need: u64) -> Option<(Token, *mut u8)> {
+        if self.in_flight_desc >= self.size as u32 {
+            return None;
+        }
+        let flags = self.flags(self.next_avail);
+        if !is_avail(flags, self.avail_wrap) || flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != DESC_F_WRITE {
+            return None;
+        }
+        let (addr, len, id) = self.rest(self.next_avail);
+        if id >= self.size || (len as u64) < need {
+            return None;
+        }
+        let len = len as u64;
+        let ptr = self.mem.first_window().translate(addr, len).or_else(|| self.mem.translate(addr, len))?;
+        Some((Token { id, ndesc: 1 }, ptr))
+    }
+
     /// Moves the avail position past a chain just taken.
     #[inline]
-    fn took(&mut self, token: Token) {
+    pub(crate) fn took(&mut self, token: Token) {
         (self.next_avail, self.avail_wrap) = advance(self.next_avail, self.avail_wrap, token.ndesc, self.size);
         self.in_flight += 1;
         self.in_flight_desc += token.ndesc as u32;
@@ -1465,6 +1486,53 @@ mod tests {
         d.offer(0, &[(buf(0), 0, 0)]);
         assert_eq!(r.pop_simple(&mut cs, R), 0);
         assert_eq!(r.pop_chain(&mut cs[0], R, false), Ok(Some(Token { id: 0, ndesc: 1 })));
+    }
+
+    #[test]
+    fn fill_one_writes_one_writable_descriptor_across_the_wrap() {
+        use crate::vq::{Filled, Virtqueue};
+        let mut d = Driver::new(4);
+        let mut q = Virtqueue::Packed(d.ring(false));
+        let frame: Vec<u8> = (0..64u8).collect();
+        d.t.write(buf(7), &frame);
+        let hdr = [0xee; 12];
+        let mut src = [Chain::default()];
+        // A frame to send and a buffer to receive it, lap after lap (the
+        // ring of 4 wraps every other round).
+        for round in 0..6u8 {
+            d.offer(0, &[(buf(7), 64, 0)]);
+            assert_eq!(q.pop_burst(&mut src, R, false).0, 1);
+            d.t.write(buf(1), &[0; 76]);
+            d.offer(1, &[(buf(1), 76, DESC_F_WRITE)]);
+            assert_eq!(q.fill_one(&hdr, &src[0], 0, 64, || true), Filled::Frame, "round {round}");
+            q.complete(&src[0], 0);
+            q.publish_used();
+            assert_eq!(d.take_used().map(|(id, len, _)| (id, len)), Some((1, 76)), "round {round}");
+            assert_eq!(d.take_used().map(|(id, len, _)| (id, len)), Some((0, 0)));
+            assert_eq!((d.t.read(buf(1), 12), d.t.read(buf(1) + 12, 64)), (hdr.to_vec(), frame.clone()));
+        }
+        // A chain of two, a read-only buffer, one too small: nothing taken
+        // (the general take has them).
+        d.offer(0, &[(buf(7), 64, 0)]);
+        assert_eq!(q.pop_burst(&mut src, R, false).0, 1);
+        for bufs in [
+            &[(buf(2), 12, DESC_F_WRITE), (buf(3), 1500, DESC_F_WRITE)][..],
+            &[(buf(2), 1500, 0)],
+            &[(buf(2), 75, DESC_F_WRITE)],
+        ] {
+            let mut d2 = Driver::new(4);
+            let mut q2 = Virtqueue::Packed(d2.ring(false));
+            d2.offer(1, bufs);
+            assert_eq!(q2.fill_one(&hdr, &src[0], 0, 64, || true), Filled::NotOne, "{bufs:?}");
+            assert_eq!(q2.room(4), 1, "{bufs:?}: nothing taken");
+            assert_eq!(q2.fill_one(&hdr, &src[0], 0, 64, || false), Filled::NotOne, "{bufs:?}: not asked");
+        }
+        // Refused: nothing taken; then filled.
+        d.offer(1, &[(buf(1), 1500, DESC_F_WRITE)]);
+        assert_eq!(q.fill_one(&hdr, &src[0], 0, 64, || false), Filled::Refused);
+        assert_eq!(q.room(4), 1);
+        assert_eq!(q.fill_one(&hdr, &src[0], 0, 64, || true), Filled::Frame);
+        assert_eq!(q.room(4), 0);
     }
 
     #[test]

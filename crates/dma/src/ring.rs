@@ -328,6 +328,33 @@ impl SplitRing {
         }
     }
 
+    /// The next available chain, when it is one device-writable buffer of
+    /// at least `need` bytes inside tenant memory: its head and where the
+    /// buffer is mapped. Takes nothing ([`SplitRing::take_next`] does).
+    #[inline]
+    pub(crate) fn next_buffer(&mut self, need: u64) -> Option<(u16, *mut u8)> {
+        if !self.has_avail().ok()? {
+            return None;
+        }
+        let head = self.avail_entry(0);
+        if head >= self.size {
+            return None;
+        }
+        let d = self.desc(head);
+        if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != DESC_F_WRITE || (d.len as u64) < need {
+            return None;
+        }
+        let len = d.len as u64;
+        let ptr = self.mem.first_window().translate(d.addr, len).or_else(|| self.mem.translate(d.addr, len))?;
+        Some((head, ptr))
+    }
+
+    /// Takes the chain [`SplitRing::next_buffer`] found.
+    #[inline]
+    pub(crate) fn take_next(&mut self) {
+        self.next_avail = self.next_avail.wrapping_add(1);
+    }
+
     /// Gives back a head taken by `pop_head` that will not be used now
     /// (the destination had no room): it is taken again next time.
     pub fn unpop(&mut self, n: u16) {

@@ -5,8 +5,25 @@ use std::sync::Arc;
 
 use crate::chain::{Access, Chain};
 use crate::mem::GuestMemory;
-use crate::packed::{PackedRing, PopError};
+use crate::packed::{PackedRing, PopError, Token};
 use crate::ring::{RingAddrs, RingError, SplitRing};
+
+/// What [`Virtqueue::fill_one`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// The frame is written and its chain completed.
+    Frame,
+    /// The sender's memory was revoked under the copy: the chain is
+    /// completed empty.
+    Empty,
+    /// `admit` said no: nothing taken.
+    Refused,
+    /// Nothing available, or the next chain is not one buffer that holds
+    /// the frame (or the frame is not in its sender's first buffer):
+    /// nothing taken; the general take and fill handle it (and say what
+    /// is wrong with a malformed chain).
+    NotOne,
+}
 
 /// A mapped virtqueue, split or packed.
 #[derive(Debug)]
@@ -128,6 +145,59 @@ impl Virtqueue {
         match self {
             Virtqueue::Split(r) => split_pop_burst(r, chains, access, indirect_ok),
             Virtqueue::Packed(r) => packed_pop_burst(r, chains, access, indirect_ok),
+        }
+    }
+
+    /// One frame into the next available chain when that chain is one
+    /// device-writable buffer that holds it (how nearly every receiver
+    /// posts its buffers), without taking the chain as a [`Chain`]: `hdr`,
+    /// then the `len` bytes of `src` from `src_off` (which must lie in
+    /// its first buffer), in two straight copies, and the chain completed
+    /// (visible at publish). `admit` is asked once the buffer is known to
+    /// fit, before anything is taken or written.
+    #[inline]
+    pub fn fill_one(
+        &mut self,
+        hdr: &[u8],
+        src: &Chain,
+        src_off: u64,
+        len: u64,
+        admit: impl FnOnce() -> bool,
+    ) -> Filled {
+        let Some(from) = crate::copy::flat_source(src, src_off, len) else { return Filled::NotOne };
+        let need = hdr.len() as u64 + len;
+        let found = match self {
+            Virtqueue::Split(r) => r.next_buffer(need).map(|(head, p)| (Token { id: head, ndesc: 1 }, p)),
+            Virtqueue::Packed(r) => r.next_buffer(need),
+        };
+        let Some((token, dst)) = found else { return Filled::NotOne };
+        if !admit() {
+            return Filled::Refused;
+        }
+        // SAFETY: `dst .. + need` lies in a buffer the tenant posted as
+        // device-writable, translated with its length from this ring's
+        // memory table, which `self` keeps mapped (next_buffer); `from ..
+        // + len` lies in `src`'s first segment, kept mapped by `src`. Two
+        // mappings of tenant memory: no overlap.
+        unsafe { crate::copy::copy_flat_to(hdr, from, len, dst) };
+        // The sender's memory vanished under the copy: what was read may
+        // be zeros, so the buffer goes back empty.
+        let whole = !src.revoked();
+        let written = if whole { need as u32 } else { 0 };
+        match self {
+            Virtqueue::Split(r) => {
+                r.take_next();
+                r.push_used(token.id, written);
+            }
+            Virtqueue::Packed(r) => {
+                r.took(token);
+                r.push_used(token, written);
+            }
+        }
+        if whole {
+            Filled::Frame
+        } else {
+            Filled::Empty
         }
     }
 
@@ -312,6 +382,72 @@ mod tests {
         let (n, e) = q.pop_burst(&mut chains[..1], Access::DeviceReads, false);
         assert_eq!((n, chains[0].head(), e.is_none()), (1, 0, true));
         assert_eq!(q.room(8), 1);
+    }
+
+    /// A TX chain of one buffer holding `frame` (its own ring and memory).
+    fn source(frame: &[u8]) -> (TestRing, Chain) {
+        let t = TestRing::new(8);
+        let mut q = Virtqueue::Split(t.ring(false));
+        t.write(GPA + BUF_OFF, frame);
+        t.set_desc(0, Desc { addr: GPA + BUF_OFF, len: frame.len() as u32, flags: 0, next: 0 });
+        t.publish(0, &[0]);
+        let mut c = [Chain::default()];
+        assert_eq!(q.pop_burst(&mut c, Access::DeviceReads, false).0, 1);
+        let [c] = c;
+        (t, c)
+    }
+
+    #[test]
+    fn fill_one_writes_one_buffer_and_takes_nothing_else() {
+        let frame: Vec<u8> = (0..64u8).collect();
+        let (_src_mem, src) = source(&frame);
+        let w = crate::ring::DESC_F_WRITE;
+        let hdr = [0xee; 12];
+        let buf = |k: u64| GPA + BUF_OFF + 4096 * k;
+        let ring = |d: &[Desc]| {
+            let t = TestRing::new(8);
+            for (i, d) in d.iter().enumerate() {
+                t.set_desc(i as u16, *d);
+            }
+            let q = Virtqueue::Split(t.ring(false));
+            (t, q)
+        };
+        // Nothing posted; then read-only, too small (64 + 12 bytes needed),
+        // a chain of two, outside memory, a head past the size: each left
+        // in place for the general take (which reports the bad ones).
+        let (_t, mut q) = ring(&[]);
+        assert_eq!(q.fill_one(&hdr, &src, 0, 64, || true), Filled::NotOne);
+        let two = Desc { addr: buf(0), len: 12, flags: w | crate::ring::DESC_F_NEXT, next: 1 };
+        for (d, head) in [
+            (Desc { addr: buf(0), len: 1500, flags: 0, next: 0 }, 0),
+            (Desc { addr: buf(0), len: 75, flags: w, next: 0 }, 0),
+            (two, 0),
+            (Desc { addr: GPA + (1 << 20), len: 1500, flags: w, next: 0 }, 0),
+            (Desc { addr: buf(0), len: 1500, flags: w, next: 0 }, 9),
+        ] {
+            let (t, mut q) = ring(&[d, Desc { addr: buf(1), len: 1500, flags: w, next: 0 }]);
+            t.publish(0, &[head]);
+            assert_eq!(q.fill_one(&hdr, &src, 0, 64, || true), Filled::NotOne, "{d:?} at head {head}");
+            assert_eq!(q.room(8), 1, "{d:?}: nothing taken");
+        }
+        // A good buffer: refused by the arbiter, then filled.
+        let (t, mut q) = ring(&[Desc { addr: buf(0), len: 76, flags: w, next: 0 }]);
+        t.publish(0, &[0]);
+        let mut asked = 0;
+        let refuse = || {
+            asked += 1;
+            false
+        };
+        assert_eq!(q.fill_one(&hdr, &src, 0, 64, refuse), Filled::Refused);
+        assert_eq!((asked, q.room(8)), (1, 1), "refused: asked once, nothing taken");
+        // Only a source in its first buffer: 65 bytes from offset 0 are not.
+        assert_eq!(q.fill_one(&hdr, &src, 0, 65, || true), Filled::NotOne);
+        assert_eq!(q.fill_one(&hdr, &src, 4, 60, || true), Filled::Frame);
+        assert_eq!(q.room(8), 0);
+        q.publish_used();
+        assert_eq!((t.used_idx(), t.used_elem(0)), (1, (0, 72)));
+        assert_eq!(t.read(buf(0), 12), hdr);
+        assert_eq!(t.read(buf(0) + 12, 60), &frame[4..]);
     }
 
     #[test]

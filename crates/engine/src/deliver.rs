@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{copy, Cursor};
-use vfnic_dma::{Chain, PopError, Virtqueue};
+use vfnic_dma::{Chain, Filled, PopError, Virtqueue};
 
 use crate::chains::ChainSets;
 use crate::phases::{Phase, Stopwatch};
@@ -441,6 +441,50 @@ pub fn deliver_locked<'f>(
     qc.rx_packets.add_exclusive(packets);
     qc.rx_bytes.add_exclusive(bytes);
     packets
+}
+
+/// [`deliver_locked`] for one frame as the one-frame burst has it (in the
+/// sender's first buffer, no tag edit) into the receiver's next chain when
+/// that is one buffer that holds it: written straight in by the ring
+/// ([`Virtqueue::fill_one`]) instead of through chains taken ahead.
+/// `admit` (the receiver's arbiter) is asked once the buffer is known to
+/// fit. Returns what the ring did; only [`Filled::Frame`] and
+/// [`Filled::Empty`] delivered (and counted) anything.
+pub fn deliver_one(
+    dest: &Arc<Function>,
+    index: u16,
+    s: &mut VringState,
+    frame: &Frame<'_>,
+    scratch: &mut RxScratch,
+    admit: impl FnOnce() -> bool,
+) -> Filled {
+    let (TagEdit::Keep, Source::Chain { chain, offset }) = (frame.tag, frame.src) else { return Filled::NotOne };
+    let hdr_len = features::net_hdr_len(dest.acked_features());
+    let hdr = VirtioNetHdr { num_buffers: 1, ..frame.offload }.to_bytes();
+    let ring = s.ring.as_mut().expect("the caller checked ready()");
+    let filled = ring.fill_one(&hdr[..hdr_len], chain, offset, frame.len, admit);
+    let packets = match filled {
+        Filled::Frame => 1,
+        Filled::Empty => {
+            dest.counters.drop_frames(DropReason::RxNotReady, 1);
+            0
+        }
+        Filled::Refused | Filled::NotOne => return filled,
+    };
+    ring.publish_used();
+    let revoked = ring.mem().revoked();
+    let qp = index / 2;
+    if packets > 0 {
+        moderate(dest, qp, s, 1, &mut scratch.armed);
+    }
+    if revoked {
+        fault_queue(dest, s, ErrorKind::MemoryRevoked, index);
+    }
+    // Under the RX queue's lock (`s`): its only writer now.
+    let qc = dest.queue_counters(qp);
+    qc.rx_packets.add_exclusive(packets);
+    qc.rx_bytes.add_exclusive(packets * frame.len);
+    filled
 }
 
 /// Raises or holds the interrupt for `packets` new frames on `dest`'s RX

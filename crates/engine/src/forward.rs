@@ -7,7 +7,7 @@
 
 use vfnic_dma::chain::Access;
 use vfnic_dma::copy::{peek, Cursor};
-use vfnic_dma::{Chain, PopError};
+use vfnic_dma::{Chain, Filled, PopError};
 use vfnic_op::vring::{TxQos, VringState};
 use vfnic_op::{features, Function, Policy};
 use vfnic_switch::Forward;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
 use crate::chains::ChainSets;
-use crate::deliver::{deliver_group_to, deliver_locked, fault_queue, Frame, RxScratch, TagEdit};
+use crate::deliver::{deliver_group_to, deliver_locked, deliver_one, fault_queue, Frame, RxScratch, TagEdit};
 use crate::fabric::{port_of, Fabric, PortCache};
 use crate::phases::{Phase, Stopwatch};
 use crate::rss;
@@ -1277,15 +1277,36 @@ fn lone_to(
     if d.queue_pairs() > 1 || pd.vlan != vlan || !d.connected() || !d.link_up() {
         return None;
     }
+    if frame.revoked() {
+        return None;
+    }
     let ring = d.rx(0);
     let mut rs = ring.lock();
     if !rs.ready() {
         return None;
     }
+    // The arbiter, once a buffer is known to be there: open (no link speed,
+    // not congested), and this sender no longer contends if it ran dry.
+    let open = || {
+        let mut share = d.share();
+        share.set_speed(pd.speed, now_ns);
+        let open = !share.has_link() && !share.congested(now_ns);
+        if open && drained {
+            share.idle(f.id.0);
+        }
+        open
+    };
+    match deliver_one(d, ring.index, &mut rs, &frame, rx, open) {
+        Filled::Frame | Filled::Empty => return Some(()),
+        Filled::Refused => return None,
+        Filled::NotOne => {}
+    }
+    // A receiver that posts chains of several buffers, or has none: its
+    // chains taken as the general delivery takes them.
     let room = rx.take_ahead(&mut rs, 1);
     let mut share = d.share();
     share.set_speed(pd.speed, now_ns);
-    if room == 0 || share.has_link() || share.congested(now_ns) || frame.revoked() {
+    if room == 0 || share.has_link() || share.congested(now_ns) {
         drop(share);
         rx.give_back(d, ring.index, &mut rs);
         return None;

@@ -81,6 +81,30 @@ fn driver_does_not_kick_a_polling_engine() {
     assert_eq!(d.counter(0, &["tx_packets"]), 641);
 }
 
+/// The engine never waits on an RX ring's doorbell (frames waiting for
+/// buffers keep it polling), so every RX ring is set up asking its driver
+/// not to kick it: with EVENT_IDX (a stale `avail_event`) and without
+/// (`NO_NOTIFY`), a receiver refills its buffers with no kick.
+#[test]
+fn rx_refills_are_not_kicked() {
+    let _one = serial();
+    let d = Daemon::start("num_vfs = 3\nengines = 1\n");
+    let plain = Options { features: vfnic_user::net::DEFAULT_FEATURES & !(1 << 29), ..Options::default() };
+    let mut a = attach(&d, 0);
+    let b = attach(&d, 1);
+    let c = VirtioNet::connect(d.sock(2), plain).unwrap();
+    for (dst, mut rx) in [(1u16, b), (2, c)] {
+        let k0 = rx.stats().rx_kicks;
+        for i in 0..300u32 {
+            a.send(&frame(vf_mac(dst), vf_mac(0), 80, i as u8)).unwrap();
+            assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap().expect("frame")[20], i as u8);
+        }
+        // 300 frames through a ring of 256 buffers: each refilled.
+        assert_eq!(rx.stats().rx_packets, 300);
+        assert_eq!(rx.stats().rx_kicks, k0, "VF{dst}: no kick for a refill");
+    }
+}
+
 /// Interrupt moderation (ethtool `rx-usecs`/`rx-frames`): with a driver
 /// that wants every interrupt (no EVENT_IDX, no NO_INTERRUPT), interrupts
 /// come per `rx-frames` frames, and a held one fires by `rx-usecs`.

@@ -277,7 +277,7 @@ impl Function {
             share: parking_lot::Mutex::new(Share::default()),
             tx_held_until_ns: AtomicU64::new(0),
             settings: RwLock::new(settings),
-            vrings: (0..2 * queue_pairs + 1).map(Vring::new).collect(),
+            vrings: (0..2 * queue_pairs + 1).map(|i| Vring::new(i, i % 2 == 0 && i < 2 * queue_pairs)).collect(),
             loads: (0..queue_pairs).map(|_| QueueLoad::default()).collect(),
             queue_counters: (0..queue_pairs).map(|_| QueueCounters::default()).collect(),
             queue_pairs,

@@ -91,6 +91,13 @@ pub struct VringState {
     pub qos: TxQos,
     /// The mapped ring, present while started with valid addresses.
     pub ring: Option<Virtqueue>,
+    /// The device never waits on this ring's doorbell: an RX ring, whose
+    /// buffers are taken as frames come (an engine with frames waiting
+    /// for buffers keeps polling). Its driver is asked from the start not
+    /// to kick it, as DPDK's vhost does for every ring it polls: a
+    /// virtio-user driver that is not asked makes a system call (a guest,
+    /// an exit) for every RX refill.
+    no_kicks: bool,
 }
 
 impl VringState {
@@ -122,7 +129,11 @@ impl VringState {
         let (Some(mem), Some(addrs), true) = (&self.mem, self.addrs, self.started) else {
             return Ok(());
         };
-        self.ring = Some(Virtqueue::new(mem.clone(), self.size, addrs, self.base, self.event_idx, self.packed)?);
+        let mut ring = Virtqueue::new(mem.clone(), self.size, addrs, self.base, self.event_idx, self.packed)?;
+        if self.no_kicks {
+            ring.set_notification(false);
+        }
+        self.ring = Some(ring);
         Ok(())
     }
 
@@ -149,7 +160,7 @@ impl VringState {
 
     /// Back to the state of a fresh connection.
     pub fn reset(&mut self) {
-        *self = VringState::default();
+        *self = VringState { no_kicks: self.no_kicks, ..VringState::default() };
     }
 
     /// Raises the interrupt the driver asked for (EVENT_IDX or flags) for
@@ -188,9 +199,10 @@ pub struct Vring {
 }
 
 impl Vring {
-    /// An unconfigured queue.
-    pub fn new(index: u16) -> Vring {
-        Vring { index, state: Mutex::new(VringState::default()) }
+    /// An unconfigured queue; `rx`: an RX queue (its driver is asked not
+    /// to kick it).
+    pub fn new(index: u16, rx: bool) -> Vring {
+        Vring { index, state: Mutex::new(VringState { no_kicks: rx, ..VringState::default() }) }
     }
 
     /// Locks the queue context (`parking_lot`: one atomic each way, no

@@ -561,6 +561,10 @@ fn run(engine: Arc<Engine>, fabric: Arc<Fabric>, config: EngineConfig) {
         let order = queues[first..].iter().chain(&queues[..first]);
         for q in turns.iter().flat_map(|p| order.clone().map(move |q| (q, *p))) {
             let (q, pass) = q;
+            if pass == Pass::Guaranteed && !q.func.has_guarantee() {
+                // Its guarantee turn is empty (not a call into the burst).
+                continue;
+            }
             let n = poll_queue(&q.func, q.qp, &fabric, &mut scratch, pass);
             if n > 0 {
                 let t = tsc::now();

@@ -105,6 +105,18 @@ impl PortCache {
         }
     }
 
+    /// The current port table, borrowed (for a burst that keeps `self`
+    /// borrowed meanwhile: no move of the table out and back).
+    #[inline]
+    pub fn get(&mut self, fabric: &Fabric) -> &PortTable {
+        let generation = fabric.ports_generation.load(Ordering::Acquire);
+        if self.table.is_none() || self.generation != generation {
+            self.generation = generation;
+            self.table = Some(fabric.ports());
+        }
+        self.table.as_ref().expect("set just above")
+    }
+
     /// Keeps `table` (from [`PortCache::take`]) for the next burst.
     #[inline]
     pub fn put(&mut self, table: PortTable) {
@@ -329,5 +341,12 @@ mod tests {
         fabric.detach(PortId(4));
         cache.release();
         assert_eq!(Arc::strong_count(&f), 1);
+        // Borrowed (`get`) as taken: read again when the table changed only.
+        fabric.attach(vf(5));
+        assert_eq!(cache.get(&fabric)[5].as_ref().map(|f| f.id), Some(VfId(5)));
+        let kept = cache.get(&fabric).clone();
+        assert!(Arc::ptr_eq(&kept, cache.get(&fabric)), "unchanged: not read again");
+        fabric.detach(PortId(5));
+        assert!(cache.get(&fabric)[5].is_none());
     }
 }

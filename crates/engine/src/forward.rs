@@ -1252,13 +1252,10 @@ fn lone(
     if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) || vfnic_op::any_promiscuous() {
         return None;
     }
-    let ports = scratch.port_table.take(fabric);
-    let r = ports.get(p as usize).and_then(Option::as_ref).and_then(|d| {
-        let Scratch { tx, policies, rx, .. } = &mut *scratch;
-        lone_to(f, d, policies.get(d), pol.vlan, Frame::from_chain(&tx.active[0], hdr_len, len), rx, now_ns, drained)
-    });
-    scratch.port_table.put(ports);
-    r.map(|()| len)
+    let Scratch { tx, policies, rx, port_table, .. } = scratch;
+    let d = port_table.get(fabric).get(p as usize)?.as_ref()?;
+    lone_to(f, d, policies.get(d), pol.vlan, Frame::from_chain(&tx.active[0], hdr_len, len), rx, now_ns, drained)?;
+    Some(len)
 }
 
 /// [`lone`]'s delivery of `frame` to `d` (its policy `pd`), as step 2b

@@ -142,6 +142,13 @@ impl Virtqueue {
     /// good; the queue must be faulted once they are handled).
     #[inline]
     pub fn pop_burst(&mut self, chains: &mut [Chain], access: Access, indirect_ok: bool) -> (usize, Option<PopError>) {
+        // A group of one common chain (a burst of one frame): taken here,
+        // without the call into the group's loop.
+        if let (Virtqueue::Split(r), [c]) = (&mut *self, &mut *chains) {
+            if r.pop_simple(std::slice::from_mut(c), access) == 1 {
+                return (1, None);
+            }
+        }
         match self {
             Virtqueue::Split(r) => split_pop_burst(r, chains, access, indirect_ok),
             Virtqueue::Packed(r) => packed_pop_burst(r, chains, access, indirect_ok),
@@ -382,6 +389,14 @@ mod tests {
         let (n, e) = q.pop_burst(&mut chains[..1], Access::DeviceReads, false);
         assert_eq!((n, chains[0].head(), e.is_none()), (1, 0, true));
         assert_eq!(q.room(8), 1);
+        // A group of one (taken without the group's loop) still walks and
+        // reports what is not a common chain: here one outside memory.
+        let (n, e) = q.pop_burst(&mut chains[..1], Access::DeviceReads, false);
+        assert_eq!((n, chains[0].head()), (1, 2));
+        t.publish(6, &[3]);
+        let (n, e2) = q.pop_burst(&mut chains[..1], Access::DeviceReads, false);
+        assert!(e.is_none() && n == 0, "{e:?} {n}");
+        assert!(matches!(e2, Some(PopError::Chain(ChainError::OutOfBounds))), "{e2:?}");
     }
 
     /// A TX chain of one buffer holding `frame` (its own ring and memory).

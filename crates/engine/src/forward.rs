@@ -1282,8 +1282,9 @@ fn lone_to(
     if !rs.ready() {
         return None;
     }
-    // The arbiter, once a buffer is known to be there: open (no link speed,
-    // not congested), and this sender no longer contends if it ran dry.
+    // The arbiter, asked once a buffer is known to be there: open (no link
+    // speed, not congested), and this sender no longer contends if it ran
+    // dry.
     let open = || {
         let mut share = d.share();
         share.set_speed(pd.speed, now_ns);
@@ -1300,18 +1301,10 @@ fn lone_to(
     }
     // A receiver that posts chains of several buffers, or has none: its
     // chains taken as the general delivery takes them.
-    let room = rx.take_ahead(&mut rs, 1);
-    let mut share = d.share();
-    share.set_speed(pd.speed, now_ns);
-    if room == 0 || share.has_link() || share.congested(now_ns) {
-        drop(share);
+    if rx.take_ahead(&mut rs, 1) == 0 || !open() {
         rx.give_back(d, ring.index, &mut rs);
         return None;
     }
-    if drained {
-        share.idle(f.id.0);
-    }
-    drop(share);
     deliver_locked(d, ring.index, &mut rs, frame, std::iter::empty(), rx);
     Some(())
 }

@@ -499,8 +499,7 @@ impl PackedRing {
         if id >= self.size || (len as u64) < need {
             return None;
         }
-        let len = len as u64;
-        let ptr = self.mem.first_window().translate(addr, len).or_else(|| self.mem.translate(addr, len))?;
+        let ptr = self.mem.translate(addr, len as u64)?;
         Some((Token { id, ndesc: 1 }, ptr))
     }
 

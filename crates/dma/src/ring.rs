@@ -344,8 +344,7 @@ impl SplitRing {
         if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != DESC_F_WRITE || (d.len as u64) < need {
             return None;
         }
-        let len = d.len as u64;
-        let ptr = self.mem.first_window().translate(d.addr, len).or_else(|| self.mem.translate(d.addr, len))?;
+        let ptr = self.mem.translate(d.addr, d.len as u64)?;
         Some((head, ptr))
     }
 

@@ -93,22 +93,16 @@ impl PortCache {
     /// with [`PortCache::put`].
     #[inline]
     pub fn take(&mut self, fabric: &Fabric) -> PortTable {
-        // The generation is read before the table: a table newer than the
-        // generation kept is only read again next time.
-        let generation = fabric.ports_generation.load(Ordering::Acquire);
-        match self.table.take() {
-            Some(t) if self.generation == generation => t,
-            _ => {
-                self.generation = generation;
-                fabric.ports()
-            }
-        }
+        self.get(fabric);
+        self.table.take().expect("get keeps a table")
     }
 
     /// The current port table, borrowed (for a burst that keeps `self`
     /// borrowed meanwhile: no move of the table out and back).
     #[inline]
     pub fn get(&mut self, fabric: &Fabric) -> &PortTable {
+        // The generation is read before the table: a table newer than the
+        // generation kept is only read again next time.
         let generation = fabric.ports_generation.load(Ordering::Acquire);
         if self.table.is_none() || self.generation != generation {
             self.generation = generation;

@@ -317,6 +317,13 @@ fn mac_bits(bytes: [u8; 8]) -> VlanMac {
     u64::from_le_bytes(bytes) & MAC_BITS
 }
 
+/// A VF's own address as the low bits of a key.
+fn mac_key(mac: MacAddr) -> VlanMac {
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&mac.0);
+    mac_bits(b)
+}
+
 /// The VLAN and address of a key.
 fn split_key(k: VlanMac) -> (u16, MacAddr) {
     let b = k.to_le_bytes();
@@ -773,9 +780,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         let mut last_fwd = memo.fwd;
         // The source looked at last in this burst (or trusted from the memo).
         let mut seen_src = last_src.0;
-        let mut own = [0u8; 8];
-        own[..6].copy_from_slice(&pol.mac.0);
-        let own_mac = mac_bits(own);
+        let own_mac = mac_key(pol.mac);
         for chain in &scratch.tx.active[..n] {
             let len = chain.len().saturating_sub(hdr_len);
             // The virtio-net header (12 bytes; a 10-byte one is padded) and
@@ -1232,9 +1237,7 @@ fn lone(
         && pol.enabled;
     let dst = mac_bits(h[12..20].try_into().expect("8 bytes"));
     let src = mac_bits(h[18..26].try_into().expect("8 bytes"));
-    let mut own = [0u8; 8];
-    own[..6].copy_from_slice(&pol.mac.0);
-    if !plain || (pol.spoofchk && src != mac_bits(own)) {
+    if !plain || (pol.spoofchk && src != mac_key(pol.mac)) {
         return None;
     }
     // Untagged: the frame is in the port's VLAN (0: none).

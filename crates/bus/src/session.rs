@@ -274,6 +274,7 @@ impl Session {
                     s.event_idx = features::event_idx(v);
                     s.indirect = features::indirect(v);
                     s.packed = features::packed(v);
+                    s.read_skip = features::tx_hdr_unread(v);
                     if s.ring.is_some() {
                         s.rebuild().map_err(|e| refuse(ErrorKind::RingAddrInvalid, e.to_string()))?;
                     }

@@ -327,6 +327,7 @@ impl Chain {
         window: Window,
         (addr, len): (u64, u32),
         writes: bool,
+        skip: u8,
         token: Token,
     ) -> bool {
         let Some(ptr) = window.translate(addr, len as u64).or_else(|| mem.translate(addr, len as u64)) else {
@@ -335,9 +336,14 @@ impl Chain {
         self.adopt(mem);
         self.set_token(token);
         self.set_one(ptr, len, writes);
-        crate::copy::prefetch_for(ptr, writes);
-        if len > 64 {
-            crate::copy::prefetch_for(ptr.wrapping_add(64), writes);
+        // The first lines to be read (or written), past a header that is
+        // not read: a line left alone stays in the driver's cache, where
+        // its next write finds it. (A hint: a buffer too short for a frame
+        // after its header points it at a line not read; nothing faults.)
+        let first = ptr.wrapping_add(skip as usize);
+        crate::copy::prefetch_for(first, writes);
+        if len > skip as u32 + 64 {
+            crate::copy::prefetch_for(first.wrapping_add(64), writes);
         }
         true
     }

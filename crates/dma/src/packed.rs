@@ -135,6 +135,8 @@ pub struct PackedRing {
     /// False until the first [`PackedRing::needs_interrupt`].
     signalled_valid: bool,
     event_idx: bool,
+    /// See [`crate::vq::Virtqueue::set_read_skip`].
+    pub(crate) read_skip: u8,
     /// Pops minus pushes: how many tokens may still be given back.
     in_flight: u32,
     /// Ring descriptors taken and not yet returned: a new chain must fit
@@ -236,6 +238,7 @@ impl PackedRing {
             unsignalled: 0,
             signalled_valid: false,
             event_idx,
+            read_skip: 0,
             in_flight: 0,
             in_flight_desc: 0,
         })
@@ -432,6 +435,7 @@ impl PackedRing {
         let room = (size as u32).saturating_sub(self.in_flight_desc) as usize;
         let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
         let window = self.mem.first_window();
+        let skip = if writes { 0 } else { self.read_skip };
         let mut n = 0;
         for c in chains.iter_mut().take(room) {
             let flags = self.flags(slot);
@@ -442,7 +446,7 @@ impl PackedRing {
             if id >= size || len == 0 {
                 break;
             }
-            if !c.take_one(&self.mem, window, (addr, len), writes, Token { id, ndesc: 1 }) {
+            if !c.take_one(&self.mem, window, (addr, len), writes, skip, Token { id, ndesc: 1 }) {
                 break;
             }
             n += 1;

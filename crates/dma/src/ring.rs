@@ -87,6 +87,8 @@ pub struct SplitRing {
     /// Used index at the last interrupt we sent (EVENT_IDX bookkeeping).
     signalled_used: Option<u16>,
     event_idx: bool,
+    /// See [`crate::vq::Virtqueue::set_read_skip`].
+    pub(crate) read_skip: u8,
 }
 
 // SAFETY: the raw pointers point into `mem`, which this value keeps alive
@@ -128,6 +130,7 @@ impl SplitRing {
             avail_shadow: base,
             signalled_used: None,
             event_idx,
+            read_skip: 0,
         })
     }
 
@@ -205,6 +208,7 @@ impl SplitRing {
         }
         let avail = self.avail_shadow.wrapping_sub(self.next_avail) as usize;
         let window = self.mem.first_window();
+        let skip = if writes { 0 } else { self.read_skip };
         let mut n = 0;
         for c in chains.iter_mut().take(avail) {
             let head = self.avail_entry(n as u16);
@@ -215,7 +219,7 @@ impl SplitRing {
             if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want || d.len == 0 {
                 break;
             }
-            if !c.take_one(&self.mem, window, (d.addr, d.len), writes, Token { id: head, ndesc: 1 }) {
+            if !c.take_one(&self.mem, window, (d.addr, d.len), writes, skip, Token { id: head, ndesc: 1 }) {
                 break;
             }
             n += 1;

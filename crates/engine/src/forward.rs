@@ -566,19 +566,79 @@ fn deliver_sorted(
     (any_flood, any_uplink)
 }
 
-/// A frame's headers where they do not all lie in its first buffer (or the
-/// virtio-net header is the 10-byte one): gathered into the layout
-/// [`process_tx`] reads: the virtio-net header in bytes 0-11 (a 10-byte
-/// one padded with zeros), the Ethernet header's first 16 bytes after it.
-/// A chain too short for them leaves zeros (the frame is a runt).
-#[inline(never)]
-fn gather_headers(chain: &Chain, hdr_len: u64) -> [u8; 28] {
-    let mut h = [0u8; 28];
-    if chain.len() >= hdr_len + ETH_HLEN {
-        let mut cur = Cursor::new(chain);
-        cur.gather(&mut h[..hdr_len as usize]);
-        cur.gather(&mut h[12..]);
+/// What classification reads of a frame: the first 16 bytes of its
+/// Ethernet header, and its virtio-net header's flags and GSO type. The
+/// virtio-net header is read only with `read_hdr` (the driver negotiated
+/// a send offload, [`features::sends_offloads`]); else it is not touched
+/// and both fields are zero: no offload asked for.
+#[derive(Clone, Copy)]
+struct Heads {
+    eth: [u8; 16],
+    flags: u8,
+    gso_type: u8,
+}
+
+impl Heads {
+    /// From the chain's first buffer when both headers lie there after a
+    /// 12-byte virtio-net header (nearly every frame); `None` otherwise.
+    #[inline(always)]
+    fn flat(chain: &Chain, read_hdr: bool) -> Option<Heads> {
+        if read_hdr {
+            let h = peek::<28>(chain, 0)?;
+            Some(Heads { eth: h[12..].try_into().expect("16 bytes"), flags: h[0], gso_type: h[1] })
+        } else {
+            Some(Heads { eth: peek::<16>(chain, 12)?, flags: 0, gso_type: 0 })
+        }
     }
+
+    /// Gathered across the chain's buffers (or after a 10-byte virtio-net
+    /// header). A chain too short for them leaves zeros (a runt).
+    #[inline(never)]
+    fn gather(chain: &Chain, hdr_len: u64, read_hdr: bool) -> Heads {
+        let mut h = Heads { eth: [0; 16], flags: 0, gso_type: 0 };
+        if chain.len() >= hdr_len + ETH_HLEN {
+            if read_hdr {
+                let vh = net_hdr(chain, hdr_len);
+                (h.flags, h.gso_type) = (vh[0], vh[1]);
+            }
+            let mut cur = Cursor::new(chain);
+            cur.skip(hdr_len);
+            cur.gather(&mut h.eth);
+        }
+        h
+    }
+
+    /// The destination MAC with the two bytes after it (masked off in keys).
+    #[inline(always)]
+    fn dst(&self) -> u64 {
+        mac_bits(self.eth[0..8].try_into().expect("8 bytes"))
+    }
+
+    /// The source MAC, likewise.
+    #[inline(always)]
+    fn src(&self) -> u64 {
+        mac_bits(self.eth[6..14].try_into().expect("8 bytes"))
+    }
+
+    /// An 802.1Q tag follows the addresses.
+    #[inline(always)]
+    fn tagged(&self) -> bool {
+        u16::from_be_bytes([self.eth[12], self.eth[13]]) == ETH_P_8021Q
+    }
+
+    /// The tag's VLAN ID (meaningful when [`Heads::tagged`]).
+    #[inline(always)]
+    fn vid(&self) -> u16 {
+        u16::from_be_bytes([self.eth[14], self.eth[15]]) & 0x0fff
+    }
+}
+
+/// A frame's whole virtio-net header (a 10-byte one padded with zeros),
+/// for a frame that asks for an offload.
+#[inline(never)]
+fn net_hdr(chain: &Chain, hdr_len: u64) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    Cursor::new(chain).gather(&mut h[..hdr_len as usize]);
     h
 }
 
@@ -637,7 +697,8 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
         Pass::Unlimited => u64::MAX,
     };
     let indirect = s.indirect;
-    let hdr_len = features::net_hdr_len(f.acked_features()) as u64;
+    let acked = f.acked_features();
+    let hdr_len = features::net_hdr_len(acked) as u64;
     let mut watch = Stopwatch::start();
     let vs = &mut *s;
     let ring = vs.ring.as_mut().expect("ready() checked the ring");
@@ -739,14 +800,15 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             qos.blocked_since_ns = None;
             watch.lap(Phase::Deliver);
             let sent = Sent { chains: &scratch.tx.active[..1], packets: 1, bytes: len, fault: None };
-            let acked = f.acked_features();
             return complete_tx(f, qp, tx.index, &mut s, sent, acked, watch);
         }
     }
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
-    let acked = f.acked_features();
+    // The virtio-net headers are read only if the driver may ask for an
+    // offload in them.
+    let read_hdr = features::sends_offloads(acked);
     let ingress = port_of(f);
     let now_ms = now_ns / 1_000_000;
     let (mut tx_packets, mut tx_bytes) = (0u64, 0u64);
@@ -785,22 +847,23 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let len = chain.len().saturating_sub(hdr_len);
             // The virtio-net header (12 bytes; a 10-byte one is padded) and
             // the Ethernet header's first 16 bytes, at fixed places.
-            let h = match (hdr_len, peek::<28>(chain, 0)) {
-                // Both in the first buffer (nearly every frame).
-                (12, Some(h)) => h,
-                _ => gather_headers(chain, hdr_len),
+            let flat = if hdr_len == 12 { Heads::flat(chain, read_hdr) } else { None };
+            let h = match flat {
+                Some(h) => h,
+                None => Heads::gather(chain, hdr_len, read_hdr),
             };
-            let (flags, gso_type) = (h[0] & features::HDR_F_NEEDS_CSUM, h[1]);
+            let (flags, gso_type) = (h.flags & features::HDR_F_NEEDS_CSUM, h.gso_type);
             let wants_offload = flags != 0 || gso_type != features::GSO_NONE;
-            let vh =
-                if wants_offload { VirtioNetHdr::parse(&h[..12]).expect("12 bytes") } else { VirtioNetHdr::default() };
+            let vh = if wants_offload {
+                VirtioNetHdr::parse(&net_hdr(chain, hdr_len)).expect("12 bytes")
+            } else {
+                VirtioNetHdr::default()
+            };
             let offload = VirtioNetHdr { flags, num_buffers: 0, ..vh };
             any_offload |= wants_offload;
             let gso = gso_type & !features::GSO_ECN != features::GSO_NONE;
             // Each address with the two bytes after it (masked off in keys).
-            let dst = mac_bits(h[12..20].try_into().expect("8 bytes"));
-            let src = mac_bits(h[18..26].try_into().expect("8 bytes"));
-            let tagged = u16::from_be_bytes([h[24], h[25]]) == ETH_P_8021Q;
+            let (dst, src, tagged) = (h.dst(), h.src(), h.tagged());
             let drop = if len < ETH_HLEN || (tagged && len < ETH_HLEN + VLAN_HLEN) {
                 Some(DropReason::TxRunt)
             } else if len > if gso { MAX_GSO_FRAME } else { max_frame } {
@@ -828,7 +891,7 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             let domain = if pol.vlan != 0 {
                 pol.vlan
             } else if tagged {
-                u16::from_be_bytes([h[26], h[27]]) & 0x0fff
+                h.vid()
             } else {
                 0
             };
@@ -1228,15 +1291,17 @@ fn lone(
     drained: bool,
 ) -> Option<u64> {
     let chain = &scratch.tx.active[0];
-    let h = peek::<28>(chain, 0).filter(|_| hdr_len == 12)?;
+    if hdr_len != 12 {
+        return None;
+    }
+    let h = Heads::flat(chain, features::sends_offloads(f.acked_features()))?;
     let len = chain.len() - hdr_len;
-    let plain = h[0] & features::HDR_F_NEEDS_CSUM == 0
-        && h[1] == features::GSO_NONE
-        && u16::from_be_bytes([h[24], h[25]]) != ETH_P_8021Q
+    let plain = h.flags & features::HDR_F_NEEDS_CSUM == 0
+        && h.gso_type == features::GSO_NONE
+        && !h.tagged()
         && len <= f.mtu() as u64 + ETH_HLEN + VLAN_HLEN
         && pol.enabled;
-    let dst = mac_bits(h[12..20].try_into().expect("8 bytes"));
-    let src = mac_bits(h[18..26].try_into().expect("8 bytes"));
+    let (dst, src) = (h.dst(), h.src());
     if !plain || (pol.spoofchk && src != mac_key(pol.mac)) {
         return None;
     }

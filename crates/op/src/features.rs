@@ -122,6 +122,33 @@ pub fn net_hdr_len(features: u64) -> usize {
     }
 }
 
+/// Whether the driver negotiated an offload it may ask for when it sends
+/// (checksum or segmentation the device takes over). Only then does the
+/// device read the virtio-net header of a transmitted frame: without one
+/// the spec has the driver zero its flags and GSO type, so there is
+/// nothing in it to read, and a header left unread stays in the driver's
+/// cache for its next write (DPDK's vhost reads it on the same condition).
+/// What a driver that negotiated none writes there anyway is ignored.
+pub fn sends_offloads(features: u64) -> bool {
+    features
+        & (bit(VIRTIO_NET_F_CSUM)
+            | bit(VIRTIO_NET_F_HOST_TSO4)
+            | bit(VIRTIO_NET_F_HOST_TSO6)
+            | bit(VIRTIO_NET_F_HOST_ECN))
+        != 0
+}
+
+/// Bytes of a transmitted frame's head the device does not read: its
+/// virtio-net header when the driver negotiated no send offload
+/// ([`sends_offloads`]), else none.
+pub fn tx_hdr_unread(features: u64) -> u8 {
+    if sends_offloads(features) {
+        0
+    } else {
+        net_hdr_len(features) as u8
+    }
+}
+
 /// `IN_ORDER` negotiated: buffers are used in the order they were made
 /// available, so a batch may be returned with one used entry.
 pub fn in_order(features: u64) -> bool {
@@ -146,4 +173,24 @@ pub fn packed(features: u64) -> bool {
 /// `MRG_RXBUF` negotiated.
 pub fn mergeable(features: u64) -> bool {
     has(features, VIRTIO_NET_F_MRG_RXBUF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tx_header_is_read_only_with_a_send_offload() {
+        let base = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF);
+        // Receive offloads alone do not make the sender's header matter.
+        let rx_only = base | bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4);
+        assert!(!sends_offloads(rx_only));
+        assert_eq!(tx_hdr_unread(rx_only), 12);
+        // A legacy driver's header is 10 bytes.
+        assert_eq!(tx_hdr_unread(0), 10);
+        for n in [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_ECN] {
+            assert!(sends_offloads(base | bit(n)), "feature {n}");
+            assert_eq!(tx_hdr_unread(base | bit(n)), 0, "feature {n}");
+        }
+    }
 }

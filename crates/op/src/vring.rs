@@ -81,6 +81,11 @@ pub struct VringState {
     pub indirect: bool,
     /// `RING_PACKED` negotiated: the queue uses the packed layout.
     pub packed: bool,
+    /// Bytes at the head of each device-readable buffer the device does
+    /// not read: the virtio-net header of a driver that negotiated no
+    /// send offload ([`crate::features::tx_hdr_unread`]). A hint for the
+    /// ring's look-ahead.
+    pub read_skip: u8,
     mem: Option<Arc<GuestMemory>>,
     /// Frames completed on this (RX) ring since its last interrupt, while
     /// moderation holds the interrupt back.
@@ -133,6 +138,7 @@ impl VringState {
         if self.no_kicks {
             ring.set_notification(false);
         }
+        ring.set_read_skip(self.read_skip);
         self.ring = Some(ring);
         Ok(())
     }

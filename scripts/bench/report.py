@@ -91,14 +91,20 @@ def engine_list(j):
 
 
 def engine_delta(before, after):
-    """(cycles/chain or None, sleeps delta, chains delta, load_pct list, note)."""
+    """(cycles/chain or None, busy-round cycles/chain or None, sleeps delta,
+    chains delta, load_pct list, note). The first counts the engine's
+    `burst_cycles` (the queue polls that moved frames, start to end: the
+    definition of testpmd's --record-core-cycles); the second its
+    `busy_cycles` (whole poll rounds that moved frames, with the empty
+    polls and the loop's work in them). A vfnic without `burst_cycles`
+    gives the second for both."""
     b, _ = engine_list(before)
     a, hz = engine_list(after)
     if not a or not b:
-        return None, None, None, None, "no engine counters"
+        return None, None, None, None, None, "no engine counters"
     bi = {e.get("id"): e for e in b}
-    busy = chains = sleeps = 0
-    have_busy = True
+    busy = burst = chains = sleeps = 0
+    have_busy = have_burst = True
     loads = []
     for e in a:
         p = bi.get(e.get("id"), {})
@@ -108,11 +114,16 @@ def engine_delta(before, after):
             busy += e["busy_cycles"] - p["busy_cycles"]
         else:
             have_busy = False
+        if "burst_cycles" in e and "burst_cycles" in p:
+            burst += e["burst_cycles"] - p["burst_cycles"]
+        else:
+            have_burst = False
         if "load_pct" in e:
             loads.append(e["load_pct"])
-    cpp = busy / chains if have_busy and chains > 0 else None
+    busy_cpp = busy / chains if have_busy and chains > 0 else None
+    burst_cpp = burst / chains if have_burst and chains > 0 else busy_cpp
     note = "" if have_busy else "vfnic reports no busy_cycles"
-    return cpp, sleeps, chains, loads, note
+    return burst_cpp, busy_cpp, sleeps, chains, loads, note
 
 
 def features_vfnic(d):
@@ -163,7 +174,7 @@ def analyse(d):
             st = read_json(os.path.join(d, "stats.json"))
             if isinstance(st, dict) and "vfs" in st:
                 r["connected_vfs"] = sum(1 for v in st["vfs"] if v.get("connected"))
-            _, sleeps, chains, loads, _ = engine_delta(
+            _, _, sleeps, chains, loads, _ = engine_delta(
                 read_json(os.path.join(d, "eng_before.json")), read_json(os.path.join(d, "eng_after.json")))
             r["idle_engine_sleeps"] = sleeps
         return r
@@ -191,9 +202,10 @@ def analyse(d):
         r["rtt_p50"] = pct(rtts, 50)
         r["rtt_p99"] = pct(rtts, 99)
     if r["backend"] == "vfnic":
-        cpp, sleeps, chains, loads, note = engine_delta(
+        cpp, busy_cpp, sleeps, chains, loads, note = engine_delta(
             read_json(os.path.join(d, "eng_before.json")), read_json(os.path.join(d, "eng_after.json")))
         r["cycles_per_pkt"] = cpp
+        r["busy_cycles_per_pkt"] = busy_cpp
         r["engine_sleeps"] = sleeps
         r["engine_load_pct"] = loads
         w = int(info.get("window_s") or 0)
@@ -354,6 +366,8 @@ def main():
         extra = []
         if r.get("cycles_per_pkt") is not None:
             extra.append(f"cyc/pkt {r['cycles_per_pkt']:.0f}")
+        if r.get("busy_cycles_per_pkt") is not None:
+            extra.append(f"busy rounds {r['busy_cycles_per_pkt']:.0f}")
         if r.get("engine_sleeps_per_s") is not None:
             extra.append(f"engine sleeps/s {r['engine_sleeps_per_s']:.0f}")
         if r.get("engine_load_pct"):

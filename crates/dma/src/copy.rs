@@ -197,7 +197,7 @@ impl<'c> Cursor<'c> {
 /// bytes lie in `src`'s first segment and `hdr` plus them fit in `dst`'s
 /// first segment. Returns false, having written nothing, otherwise (the
 /// caller then takes the general path of [`Cursor`]s and [`copy`]).
-#[inline]
+#[inline(always)]
 pub fn copy_flat(hdr: &[u8], src: &Chain, src_off: u64, len: u64, dst: &Chain) -> bool {
     let (Some(from), Some(d)) = (flat_source(src, src_off, len), dst.segments().first()) else { return false };
     if (hdr.len() as u64).checked_add(len).is_none_or(|end| end > d.len as u64) {
@@ -223,19 +223,42 @@ pub(crate) fn flat_source(src: &Chain, src_off: u64, len: u64) -> Option<*const 
 }
 
 /// Writes `hdr`, then `len` bytes from `from`, to the start of `dst`: a
-/// frame and its virtio-net header in two straight copies.
+/// frame and its virtio-net header in two straight copies. A 12-byte
+/// header already there, byte for byte, is not written again (the
+/// virtio-net header of a frame without offloads is the same every time,
+/// and a driver that recycles its buffers, as DPDK's does, has it there
+/// from the buffer's last trip): a line only read stays shared with the
+/// driver instead of moving between the two cores each frame, as DPDK's
+/// virtio driver leaves its transmit headers alone where they already
+/// hold what it would write. Packed 64 B loop 14% faster, split 4.5%
+/// (`scripts/ab-switch.sh`).
 ///
 /// # Safety
-/// `from .. + len` must be readable, `dst .. + hdr.len() + len` writable,
-/// and the two must not overlap (two mappings of tenant memory; `hdr` is
+/// `from .. + len` must be readable, `dst .. + hdr.len() + len` readable
+/// and writable (tenant memory is mapped both ways), and the two must not
+/// overlap (two mappings of tenant memory; `hdr` is
 /// the daemon's own).
 #[inline(always)]
 pub(crate) unsafe fn copy_flat_to(hdr: &[u8], from: *const u8, len: u64, dst: *mut u8) {
     // SAFETY: the caller's contract.
     unsafe {
-        copy_bytes(hdr.as_ptr(), dst, hdr.len());
+        if !(hdr.len() == 12 && holds12(dst, hdr)) {
+            copy_bytes(hdr.as_ptr(), dst, hdr.len());
+        }
         copy_bytes(from, dst.add(hdr.len()), len as usize);
     }
+}
+
+/// Whether the 12 bytes at `at` equal `hdr`'s (12 bytes).
+///
+/// # Safety
+/// `at .. + 12` must be readable.
+#[inline(always)]
+unsafe fn holds12(at: *const u8, hdr: &[u8]) -> bool {
+    let (lo, hi) =
+        (u64::from_ne_bytes(hdr[..8].try_into().expect("8")), u32::from_ne_bytes(hdr[8..12].try_into().expect("4")));
+    // SAFETY: the caller's contract; two unaligned reads inside it.
+    unsafe { at.cast::<u64>().read_unaligned() == lo && at.add(8).cast::<u32>().read_unaligned() == hi }
 }
 
 /// Copies up to `len` bytes from `src` to `dst`, advancing both; returns the
@@ -324,6 +347,26 @@ mod tests {
         // Source shorter than asked.
         assert!(!copy_flat(&hdr, &a, 13, 100, &b));
         assert!(!copy_flat(&hdr, &a, u64::MAX, 100, &b));
+        // A header left from the buffer's last trip: rewritten where any
+        // byte differs (in either of the two words compared), left as it
+        // is where it already holds the new one; the frame always written.
+        for stale in [0usize, 7, 8, 11] {
+            let mut old = hdr;
+            old[stale] ^= 0x10;
+            t.write(GPA + BUF_OFF + 4096, &old);
+            t.write(GPA + BUF_OFF + 4096 + 12, &[0; 100]);
+            assert!(copy_flat(&hdr, &a, 12, 100, &b));
+            assert_eq!(t.read(GPA + BUF_OFF + 4096, 12), hdr, "byte {stale} stale");
+            assert_eq!(t.read(GPA + BUF_OFF + 4096 + 12, 100), frame);
+        }
+        t.write(GPA + BUF_OFF + 4096 + 12, &[0; 100]);
+        assert!(copy_flat(&hdr, &a, 12, 100, &b));
+        assert_eq!(t.read(GPA + BUF_OFF + 4096, 112)[..], [&hdr[..], &frame[..]].concat()[..]);
+        // A 10-byte (legacy) header is always written.
+        t.write(GPA + BUF_OFF + 4096, &[0; 112]);
+        assert!(copy_flat(&hdr[..10], &a, 12, 100, &b));
+        assert_eq!(t.read(GPA + BUF_OFF + 4096, 10), hdr[..10]);
+        assert_eq!(t.read(GPA + BUF_OFF + 4096 + 10, 100), frame);
     }
 
     #[test]

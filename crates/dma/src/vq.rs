@@ -182,7 +182,7 @@ impl Virtqueue {
             return Filled::Refused;
         }
         // SAFETY: `dst .. + need` lies in a buffer the tenant posted as
-        // device-writable, translated with its length from this ring's
+        // device-writable (mapped readable and writable), translated with its length from this ring's
         // memory table, which `self` keeps mapped (next_buffer); `from ..
         // + len` lies in `src`'s first segment, kept mapped by `src`. Two
         // mappings of tenant memory: no overlap.

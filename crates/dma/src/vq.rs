@@ -182,10 +182,11 @@ impl Virtqueue {
             return Filled::Refused;
         }
         // SAFETY: `dst .. + need` lies in a buffer the tenant posted as
-        // device-writable (mapped readable and writable), translated with its length from this ring's
-        // memory table, which `self` keeps mapped (next_buffer); `from ..
-        // + len` lies in `src`'s first segment, kept mapped by `src`. Two
-        // mappings of tenant memory: no overlap.
+        // device-writable (mapped readable and writable), translated with
+        // its length from this ring's memory table, which `self` keeps
+        // mapped (next_buffer); `from .. + len` lies in `src`'s first
+        // segment, kept mapped by `src`. Two mappings of tenant memory: no
+        // overlap.
         unsafe { crate::copy::copy_flat_to(hdr, from, len, dst) };
         // The sender's memory vanished under the copy: what was read may
         // be zeros, so the buffer goes back empty.

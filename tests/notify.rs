@@ -19,6 +19,15 @@ fn readable(fd: i32) -> bool {
     unsafe { libc::poll(p.as_mut_ptr(), 1, 0) == 1 }
 }
 
+/// A driver's options without EVENT_IDX: it honours the flags
+/// (`NO_NOTIFY`, `NO_INTERRUPT`) instead.
+fn without_event_idx() -> Options {
+    Options {
+        features: vfnic_user::net::DEFAULT_FEATURES & !vfnic_user::proto::features::EVENT_IDX,
+        ..Options::default()
+    }
+}
+
 fn sleeps(d: &Daemon) -> u64 {
     d.api(Request::Engines)["engines"][0]["sleeps"].as_u64().unwrap()
 }
@@ -89,7 +98,7 @@ fn driver_does_not_kick_a_polling_engine() {
 fn rx_refills_are_not_kicked() {
     let _one = serial();
     let d = Daemon::start("num_vfs = 3\nengines = 1\n");
-    let plain = Options { features: vfnic_user::net::DEFAULT_FEATURES & !(1 << 29), ..Options::default() };
+    let plain = without_event_idx();
     let mut a = attach(&d, 0);
     let b = attach(&d, 1);
     let c = VirtioNet::connect(d.sock(2), plain).unwrap();
@@ -112,7 +121,7 @@ fn rx_refills_are_not_kicked() {
 fn interrupt_moderation_coalesces() {
     let _one = serial();
     let d = Daemon::start("num_vfs = 4\nengines = 1\n[[vf]]\nid = 3\nrx_frames = 4\nrx_usecs = 1000000\n");
-    let plain = Options { features: vfnic_user::net::DEFAULT_FEATURES & !(1 << 29), ..Options::default() };
+    let plain = without_event_idx();
     let mut a = attach(&d, 0);
     let mut b = VirtioNet::connect(d.sock(1), plain.clone()).unwrap();
     let mut m = VirtioNet::connect(d.sock(3), plain).unwrap();

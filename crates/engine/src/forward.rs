@@ -634,9 +634,16 @@ impl Heads {
 }
 
 /// A frame's whole virtio-net header (a 10-byte one padded with zeros),
-/// for a frame that asks for an offload.
+/// for a frame that asks for an offload: one read where it lies in the
+/// first buffer (where [`Heads::flat`] just read its first bytes),
+/// gathered otherwise.
 #[inline(never)]
 fn net_hdr(chain: &Chain, hdr_len: u64) -> [u8; 12] {
+    if hdr_len == 12 {
+        if let Some(h) = peek::<12>(chain, 0) {
+            return h;
+        }
+    }
     let mut h = [0u8; 12];
     Cursor::new(chain).gather(&mut h[..hdr_len as usize]);
     h

@@ -41,21 +41,6 @@ pub enum Access {
     Mixed,
 }
 
-impl Access {
-    /// For the rings' `pop_simple`: whether the device writes a one-buffer
-    /// chain's buffer, and the `DESC_F_WRITE` bit its descriptor must have
-    /// for that; `None` for [`Access::Mixed`] (control-queue chains are
-    /// always walked).
-    #[inline(always)]
-    pub(crate) fn one_buffer(self) -> Option<(bool, u16)> {
-        match self {
-            Access::DeviceReads => Some((false, 0)),
-            Access::DeviceWrites => Some((true, DESC_F_WRITE)),
-            Access::Mixed => None,
-        }
-    }
-}
-
 /// A malformed chain.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum ChainError {
@@ -138,6 +123,8 @@ pub struct Chain {
     /// Keeps the segments' memory mapped while the chain is in use; cloned
     /// only when the ring's memory table changed.
     mem: Option<Arc<GuestMemory>>,
+    /// Where `mem` points (null for none): what [`Chain::adopt`] compares.
+    mem_key: *const GuestMemory,
 }
 
 // SAFETY: the segment pointers point into `mem`, which the chain keeps
@@ -146,7 +133,16 @@ unsafe impl Send for Chain {}
 
 impl Default for Chain {
     fn default() -> Self {
-        Chain { head: 0, ndesc: 1, segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS], n: 0, len: 0, readable: 0, mem: None }
+        Chain {
+            head: 0,
+            ndesc: 1,
+            segs: [Segment::EMPTY; MAX_CHAIN_SEGMENTS],
+            n: 0,
+            len: 0,
+            readable: 0,
+            mem: None,
+            mem_key: std::ptr::null(),
+        }
     }
 }
 
@@ -244,6 +240,7 @@ impl Chain {
         self.len = 0;
         self.readable = 0;
         self.mem = None;
+        self.mem_key = std::ptr::null();
     }
 
     /// Walks the chain starting at `head` of `ring`. On error the chain is
@@ -278,9 +275,18 @@ impl Chain {
     /// table changed.
     #[inline(always)]
     fn adopt(&mut self, mem: &Arc<GuestMemory>) {
-        if !self.mem.as_ref().is_some_and(|m| Arc::ptr_eq(m, mem)) {
-            self.mem = Some(mem.clone());
+        if self.mem_key != Arc::as_ptr(mem) {
+            self.adopt_other(mem);
         }
+    }
+
+    /// [`Chain::adopt`]'s rare case, out of the pop loops (which then keep
+    /// their registers for the common one).
+    #[cold]
+    #[inline(never)]
+    fn adopt_other(&mut self, mem: &Arc<GuestMemory>) {
+        self.mem = Some(mem.clone());
+        self.mem_key = Arc::as_ptr(mem);
     }
 
     /// Makes `ptr` of `len` bytes the chain's only segment (device-readable
@@ -330,8 +336,12 @@ impl Chain {
         skip: u8,
         token: Token,
     ) -> bool {
-        let Some(ptr) = window.translate(addr, len as u64).or_else(|| mem.translate(addr, len as u64)) else {
-            return false;
+        let ptr = match window.translate(addr, len as u64) {
+            Some(ptr) => ptr,
+            None => match translate_elsewhere(mem, addr, len) {
+                Some(ptr) => ptr,
+                None => return false,
+            },
         };
         self.adopt(mem);
         self.set_token(token);
@@ -523,6 +533,14 @@ impl Chain {
     }
 }
 
+/// [`Chain::take_one`]'s buffer outside the first region: looked up in
+/// all of `mem`, out of the pop loops.
+#[cold]
+#[inline(never)]
+fn translate_elsewhere(mem: &GuestMemory, addr: u64, len: u32) -> Option<*mut u8> {
+    mem.translate(addr, len as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +560,30 @@ mod tests {
         c.walk(&r, 0, Access::DeviceReads, false).unwrap();
         assert_eq!(c.len(), 112);
         assert_eq!(c.segments().len(), 2);
+    }
+
+    #[test]
+    fn a_chain_holds_the_table_of_its_buffers_and_lets_go_on_release() {
+        // take_one compares table addresses; after release the chain holds
+        // nothing and takes the table again (a new table may reuse a freed
+        // one's address: it must never be taken for the one let go).
+        let t = TestRing::new(8);
+        let mut c = Chain::default();
+        let token = Token { id: 0, ndesc: 1 };
+        let take = |c: &mut Chain| c.take_one(&t.mem, t.mem.first_window(), (GPA + BUF_OFF, 64), false, 0, token);
+        assert_eq!(Arc::strong_count(&t.mem), 1);
+        assert!(take(&mut c));
+        assert_eq!(Arc::strong_count(&t.mem), 2);
+        assert!(take(&mut c), "the same table: not cloned again");
+        assert_eq!(Arc::strong_count(&t.mem), 2);
+        c.release();
+        assert_eq!(Arc::strong_count(&t.mem), 1);
+        assert!(take(&mut c));
+        assert_eq!(Arc::strong_count(&t.mem), 2, "taken again after release");
+        // A buffer outside the first region's window: looked up in all of
+        // the table (none here), and the chain left as it was.
+        assert!(!c.take_one(&t.mem, t.mem.first_window(), (0x1000, 64), false, 0, token));
+        assert_eq!(c.len(), 64);
     }
 
     #[test]

@@ -189,6 +189,38 @@ fn is_avail(flags: u16, wrap: bool) -> bool {
     flags & (DESC_F_AVAIL | DESC_F_USED) == if wrap { DESC_F_AVAIL } else { DESC_F_USED }
 }
 
+/// The flags of the descriptor at `d`, with acquire: the fields the
+/// driver wrote before them are visible once they are read.
+///
+/// # Safety
+/// `d` is a descriptor of a ring checked in [`PackedRing::new`] (16
+/// bytes, 16-aligned, inside a memory table the caller keeps alive), on
+/// which our side makes only atomic accesses to the flags.
+#[inline(always)]
+unsafe fn desc_flags(d: *mut u8) -> u16 {
+    // SAFETY: the caller's promise: `d + 14` is 2-aligned and mapped.
+    let f = unsafe { AtomicU16::from_ptr(d.add(OFF_FLAGS).cast()) };
+    u16::from_le(f.load(Ordering::Acquire))
+}
+
+/// Copies addr, len and id of the descriptor at `d`, after its flags
+/// were read.
+///
+/// # Safety
+/// As for [`desc_flags`].
+#[inline(always)]
+unsafe fn desc_rest(d: *mut u8) -> (u64, u32, u16) {
+    // SAFETY: the descriptor's 16 bytes are mapped and 16-aligned, so
+    // each field is aligned; each is copied once with a volatile read.
+    unsafe {
+        (
+            u64::from_le(d.add(OFF_ADDR).cast::<u64>().read_volatile()),
+            u32::from_le(d.add(OFF_LEN).cast::<u32>().read_volatile()),
+            u16::from_le(d.add(OFF_ID).cast::<u16>().read_volatile()),
+        )
+    }
+}
+
 impl PackedRing {
     /// Checks and maps a packed ring of `size` (1..=32768, any value)
     /// descriptors. `addrs.desc` is the descriptor ring, `addrs.avail` the
@@ -288,29 +320,17 @@ impl PackedRing {
     /// the driver wrote before them are visible once they are read.
     #[inline]
     fn flags(&self, slot: u16) -> u16 {
-        // SAFETY: slot < size, so `desc_ptr(slot) + 14` lies inside the
-        // ring checked in `new`, is 2-aligned (the ring is 16-aligned) and
-        // lives as long as `self.mem`. Only atomic accesses are made
-        // through it on our side.
-        let f = unsafe { AtomicU16::from_ptr(self.desc_ptr(slot).add(OFF_FLAGS).cast()) };
-        u16::from_le(f.load(Ordering::Acquire))
+        // SAFETY: slot < size, so `desc_ptr(slot)` is a descriptor of the
+        // ring checked in `new`.
+        unsafe { desc_flags(self.desc_ptr(slot)) }
     }
 
     /// Copies addr, len and id of descriptor `slot` (< size), after its
     /// flags were read.
     #[inline]
     fn rest(&self, slot: u16) -> (u64, u32, u16) {
-        let d = self.desc_ptr(slot);
-        // SAFETY: slot < size: the descriptor's 16 bytes lie inside the
-        // ring checked in `new`, 16-aligned, so each field is aligned; each
-        // is copied once with a volatile read.
-        unsafe {
-            (
-                u64::from_le(d.add(OFF_ADDR).cast::<u64>().read_volatile()),
-                u32::from_le(d.add(OFF_LEN).cast::<u32>().read_volatile()),
-                u16::from_le(d.add(OFF_ID).cast::<u16>().read_volatile()),
-            )
-        }
+        // SAFETY: as in `flags`.
+        unsafe { desc_rest(self.desc_ptr(slot)) }
     }
 
     /// Whether a chain is available: 1 if the descriptor at the next
@@ -429,36 +449,71 @@ impl PackedRing {
     /// switch: 843 -> 785 per frame).
     #[inline]
     pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
-        let Some((writes, want)) = access.one_buffer() else { return 0 };
+        match access {
+            Access::DeviceReads => self.pop_simple_as::<false>(chains),
+            Access::DeviceWrites => self.pop_simple_as::<true>(chains),
+            Access::Mixed => 0,
+        }
+    }
+
+    /// [`PackedRing::pop_simple`] for buffers the device writes
+    /// (`WRITES`) or reads: one loop each, with the permission bit and the
+    /// skipped header folded in, the ring's position and descriptor table
+    /// in registers, the availability and kind of a descriptor checked
+    /// with one compare of its flags, and no wrap test per chain (runs end
+    /// where the ring wraps). A burst of 64-byte frames through the switch:
+    /// 620 -> 571 instructions per frame, with `Chain::take_one`'s rare
+    /// cases moved out of line.
+    #[inline(always)]
+    fn pop_simple_as<const WRITES: bool>(&mut self, chains: &mut [Chain]) -> usize {
         let size = self.size;
         // A chain takes one descriptor of those not taken and not returned.
         let room = (size as u32).saturating_sub(self.in_flight_desc) as usize;
-        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
+        let k = chains.len().min(room);
+        // The flags of an available one-buffer descriptor of the kind
+        // wanted: AVAIL equal to the wrap counter, USED its inverse, no
+        // NEXT or INDIRECT, WRITE as `WRITES` says. Flipped with the wrap.
+        const KIND: u16 = DESC_F_AVAIL | DESC_F_USED | DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE;
+        let want = if WRITES { DESC_F_WRITE } else { 0 };
+        let mut expect = if self.avail_wrap { DESC_F_AVAIL } else { DESC_F_USED } | want;
+        let mut slot = self.next_avail;
         let window = self.mem.first_window();
-        let skip = if writes { 0 } else { self.read_skip };
+        let skip = if WRITES { 0 } else { self.read_skip };
         let mut n = 0;
-        for c in chains.iter_mut().take(room) {
-            let flags = self.flags(slot);
-            if !is_avail(flags, wrap) || flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want {
+        // In runs that end where the ring wraps: no wrap test per chain.
+        while n < k {
+            let run = (k - n).min((size - slot) as usize);
+            let first = self.desc_ptr(slot);
+            let mut got = 0;
+            for c in &mut chains[n..n + run] {
+                let d = first.wrapping_add(16 * got);
+                // SAFETY: slot + got < size, so `d` is a descriptor of the
+                // ring checked in `new`.
+                let flags = unsafe { desc_flags(d) };
+                if flags & KIND != expect {
+                    break;
+                }
+                // SAFETY: as above.
+                let (addr, len, id) = unsafe { desc_rest(d) };
+                if id >= size || len == 0 {
+                    break;
+                }
+                if !c.take_one(&self.mem, window, (addr, len), WRITES, skip, Token { id, ndesc: 1 }) {
+                    break;
+                }
+                got += 1;
+            }
+            n += got;
+            slot += got as u16;
+            if got < run {
                 break;
             }
-            let (addr, len, id) = self.rest(slot);
-            if id >= size || len == 0 {
-                break;
-            }
-            if !c.take_one(&self.mem, window, (addr, len), writes, skip, Token { id, ndesc: 1 }) {
-                break;
-            }
-            n += 1;
-            // A step of one (`advance`'s general form costs 8 instructions
-            // a frame more here).
-            slot += 1;
             if slot == size {
                 slot = 0;
-                wrap = !wrap;
+                expect ^= DESC_F_AVAIL | DESC_F_USED;
             }
         }
-        (self.next_avail, self.avail_wrap) = (slot, wrap);
+        (self.next_avail, self.avail_wrap) = (slot, expect & DESC_F_AVAIL != 0);
         self.in_flight += n as u32;
         self.in_flight_desc += n as u32;
         n

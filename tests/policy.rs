@@ -169,6 +169,83 @@ fn one_frame_bursts_follow_every_policy_change() {
     assert_eq!(d.counter(1, &["rx_packets"]), 7);
 }
 
+/// Frames sent eight at a time (one kick, so mostly one burst), which once
+/// the port's first burst has gone through take the engine's way for a
+/// burst whose frames all match its port's last decision (forward.rs
+/// `plain`): one frame in a burst that does not (spoofed, tagged, too
+/// long, to another VF) sends the whole burst the general way, and each
+/// frame gets its own decision, in order.
+#[test]
+fn bursts_with_one_odd_frame_decide_each_frame() {
+    use vfnic_pf::api::Request;
+    use vfnic_pf::pf::VfChange;
+    use vfnic_types::LinkState;
+    let d = Daemon::start("num_vfs = 3\nengines = 1\n");
+    let (mut a, mut b, mut c) = (attach(&d, 0), attach(&d, 1), attach(&d, 2));
+    let mut fill = 0u8;
+    // A burst of eight to VF1, with `odd` (if any) in place of the sixth.
+    let mut burst = |odd: Option<Vec<u8>>| -> Vec<Vec<u8>> {
+        let mut frames: Vec<Vec<u8>> = (0..8)
+            .map(|_| {
+                fill = fill.wrapping_add(1);
+                frame(vf_mac(1), vf_mac(0), 64 + fill as usize % 64, fill)
+            })
+            .collect();
+        if let Some(o) = odd {
+            frames[5] = o;
+        }
+        frames
+    };
+    let send = |a: &mut VirtioNet, frames: &[Vec<u8>]| {
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        a.send_burst(&refs).unwrap();
+    };
+    let expect = |b: &mut VirtioNet, frames: &[Vec<u8>]| {
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(&b.recv_timeout(Duration::from_secs(5)).unwrap().expect("delivered"), f, "frame {i}");
+        }
+        assert!(b.recv_timeout(QUIET).unwrap().is_none(), "nothing more");
+    };
+    for _ in 0..3 {
+        let fs = burst(None);
+        send(&mut a, &fs);
+        expect(&mut b, &fs);
+    }
+    let cases: [(Vec<u8>, &str); 3] = [
+        (frame(vf_mac(1), [0x02, 0xee, 0, 0, 0, 1], 64, 0), "tx_dropped_spoofed"),
+        (tagged(vf_mac(1), vf_mac(0), 10, 84, 0), "tx_dropped_vlan"),
+        (frame(vf_mac(1), vf_mac(0), 1600, 0), "tx_dropped_oversize"),
+    ];
+    for (odd, reason) in cases {
+        let mut fs = burst(Some(odd));
+        send(&mut a, &fs);
+        d.wait_for(reason, 5, || drops(&d, 0, reason) == 1);
+        fs.remove(5);
+        expect(&mut b, &fs);
+        let fs = burst(None);
+        send(&mut a, &fs);
+        expect(&mut b, &fs);
+    }
+    // One frame of the burst to VF2: each receiver gets its own, in order.
+    let to_c = frame(vf_mac(2), vf_mac(0), 70, 0xcc);
+    let mut fs = burst(Some(to_c.clone()));
+    send(&mut a, &fs);
+    assert_eq!(c.recv_timeout(Duration::from_secs(5)).unwrap().expect("to VF2"), to_c);
+    fs.remove(5);
+    expect(&mut b, &fs);
+    // The receiver's link down: the next burst is not delivered.
+    d.api(Request::VfSet { vf: 1, change: VfChange { state: Some(LinkState::Disable), ..Default::default() } });
+    send(&mut a, &burst(None));
+    d.wait_for("receiver down", 5, || drops(&d, 1, "rx_dropped_link_down") == 8);
+    d.api(Request::VfSet { vf: 1, change: VfChange { state: Some(LinkState::Auto), ..Default::default() } });
+    let fs = burst(None);
+    send(&mut a, &fs);
+    expect(&mut b, &fs);
+    assert_eq!(d.counter(1, &["rx_packets"]), 3 * 8 + 3 * (7 + 8) + 7 + 8);
+    // The sender sent the burst the receiver dropped.
+    assert_eq!(d.counter(0, &["tx_packets"]), 3 * 8 + 3 * (7 + 8) + 8 + 8 + 8);
+}
+
 /// The VF-to-PF mailbox through the daemon's engines: an untrusted VF asking
 /// for promiscuous mode is refused (VIRTIO_NET_ERR, counted); a trusted one
 /// is granted and then receives other VFs' unicast.

@@ -810,6 +810,16 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
             return complete_tx(f, qp, tx.index, &mut s, sent, acked, watch);
         }
     }
+    // A burst of many frames, each what `lone` would take: delivered as
+    // steps 2 to 3 would, without their per-frame records (`plain`).
+    if n > 1 && fault.is_none() && pass != Pass::Guaranteed {
+        if let Some(bytes) = plain(f, &pol, hdr_len, fabric, scratch, n, now_ns, drained, &mut watch) {
+            qos.blocked_since_ns = None;
+            watch.lap(Phase::Deliver);
+            let sent = Sent { chains: &scratch.tx.active[..n], packets: n as u64, bytes, fault: None };
+            return complete_tx(f, qp, tx.index, &mut s, sent, acked, watch);
+        }
+    }
     // 2. Classify: PF policy (state, spoof check, VLAN), then one read of
     // the forwarding table for the burst.
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
@@ -1331,6 +1341,104 @@ fn lone(
     let d = port_table.get(fabric).get(p as usize)?.as_ref()?;
     lone_to(f, d, policies.get(d), pol.vlan, Frame::from_chain(&tx.active[0], hdr_len, len), rx, now_ns, drained)?;
     Some(len)
+}
+
+/// Steps 2 to 3 of [`process_tx`] for its commonest burst of many frames:
+/// each one what [`lone`] takes (plain, from the source and to the
+/// destination its port's last burst had), to a VF with one queue pair
+/// that is up, has a buffer posted for every frame and whose arbiter is
+/// open. The decisions are the general steps' own for such a burst; left
+/// out are the records they keep per frame (destination, length, offload:
+/// written by the classification, read back by the arbitration, the
+/// counters and the delivery) and the burst's sorting by receiver.
+///
+/// Returns the bytes delivered; `None`, with nothing changed, when the
+/// general steps must take the burst (a frame that is not plain, or goes
+/// elsewhere, is found in one pass over the frames' headers).
+#[allow(clippy::too_many_arguments)]
+fn plain(
+    f: &Function,
+    pol: &Policy,
+    hdr_len: u64,
+    fabric: &Fabric,
+    scratch: &mut Scratch,
+    n: usize,
+    now_ns: u64,
+    drained: bool,
+    watch: &mut Stopwatch,
+) -> Option<u64> {
+    if hdr_len != 12 || !pol.enabled {
+        return None;
+    }
+    let memo = scratch.fdb_memo.get(port_of(f).0 as usize)?;
+    let trusted = now_ns / 1_000_000 < memo.src.1.saturating_add(memo.src_window);
+    if memo.generation != fabric.fdb_generation() || !trusted {
+        return None;
+    }
+    let (Dest::Port(p), None) = memo.fwd.1 else { return None };
+    // Untagged: each frame is in the port's VLAN (0: none).
+    let domain = (pol.vlan as u64) << 48;
+    let (src_key, dst_key) = (memo.src.0, memo.fwd.0);
+    if pol.spoofchk && src_key != mac_key(pol.mac) | domain {
+        return None;
+    }
+    let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
+    let read_hdr = features::sends_offloads(f.acked_features());
+    let mut bytes = 0;
+    for chain in &scratch.tx.active[..n] {
+        // Both headers in the first buffer: a frame of at least 16 bytes.
+        let h = Heads::flat(chain, read_hdr)?;
+        let len = chain.len() - hdr_len;
+        let plain = h.flags & features::HDR_F_NEEDS_CSUM == 0
+            && h.gso_type == features::GSO_NONE
+            && !h.tagged()
+            && len <= max_frame
+            && h.src() | domain == src_key
+            && h.dst() | domain == dst_key;
+        if !plain {
+            return None;
+        }
+        bytes += len;
+    }
+    watch.lap(Phase::Classify);
+    if crate::uplink::is_uplink_port(vfnic_switch::PortId(p))
+        || vfnic_op::any_promiscuous()
+        || scratch.tx.active[0].revoked()
+    {
+        return None;
+    }
+    let Scratch { tx, policies, rx, port_table, .. } = scratch;
+    let d = port_table.get(fabric).get(p as usize)?.as_ref()?;
+    let pd = policies.get(d);
+    if d.queue_pairs() > 1 || pd.vlan != pol.vlan || !d.connected() || !d.link_up() {
+        return None;
+    }
+    let ring = d.rx(0);
+    let mut rs = ring.lock();
+    if !rs.ready() {
+        return None;
+    }
+    // Its buffers are counted by taking them; the arbiter is asked once
+    // they are all there (as step 2b does for the common burst).
+    let room = rx.take_ahead(&mut rs, n);
+    let open = room == n && {
+        let mut share = d.share();
+        share.set_speed(pd.speed, now_ns);
+        let open = !share.has_link() && !share.congested(now_ns);
+        if open && drained {
+            share.idle(f.id.0);
+        }
+        open
+    };
+    if !open {
+        rx.give_back(d, ring.index, &mut rs);
+        return None;
+    }
+    watch.lap(Phase::Arbitrate);
+    let mut frames = tx.active[..n].iter().map(|c| Frame::from_chain(c, hdr_len, c.len() - hdr_len));
+    let first = frames.next().expect("n > 1");
+    deliver_locked(d, ring.index, &mut rs, first, frames, rx);
+    Some(bytes)
 }
 
 /// [`lone`]'s delivery of `frame` to `d` (its policy `pd`), as step 2b

@@ -1421,16 +1421,7 @@ fn plain(
     // Its buffers are counted by taking them; the arbiter is asked once
     // they are all there (as step 2b does for the common burst).
     let room = rx.take_ahead(&mut rs, n);
-    let open = room == n && {
-        let mut share = d.share();
-        share.set_speed(pd.speed, now_ns);
-        let open = !share.has_link() && !share.congested(now_ns);
-        if open && drained {
-            share.idle(f.id.0);
-        }
-        open
-    };
-    if !open {
+    if room < n || !open_to(f, d, &pd, now_ns, drained) {
         rx.give_back(d, ring.index, &mut rs);
         return None;
     }
@@ -1439,6 +1430,20 @@ fn plain(
     let first = frames.next().expect("n > 1");
     deliver_locked(d, ring.index, &mut rs, first, frames, rx);
     Some(bytes)
+}
+
+/// Whether `d`'s arbiter lets [`lone`]'s or [`plain`]'s frames from `f`
+/// through at once: open (no link speed, `pd`'s, and not congested). When
+/// it is and `f`'s queue ran dry (`drained`), `f` no longer contends.
+#[inline(always)]
+fn open_to(f: &Function, d: &Function, pd: &Policy, now_ns: u64, drained: bool) -> bool {
+    let mut share = d.share();
+    share.set_speed(pd.speed, now_ns);
+    let open = !share.has_link() && !share.congested(now_ns);
+    if open && drained {
+        share.idle(f.id.0);
+    }
+    open
 }
 
 /// [`lone`]'s delivery of `frame` to `d` (its policy `pd`), as step 2b
@@ -1465,18 +1470,8 @@ fn lone_to(
     if !rs.ready() {
         return None;
     }
-    // The arbiter, asked once a buffer is known to be there: open (no link
-    // speed, not congested), and this sender no longer contends if it ran
-    // dry.
-    let open = || {
-        let mut share = d.share();
-        share.set_speed(pd.speed, now_ns);
-        let open = !share.has_link() && !share.congested(now_ns);
-        if open && drained {
-            share.idle(f.id.0);
-        }
-        open
-    };
+    // The arbiter, asked once a buffer is known to be there.
+    let open = || open_to(f, d, &pd, now_ns, drained);
     match deliver_one(d, ring.index, &mut rs, &frame, rx, open) {
         Filled::Frame | Filled::Empty => return Some(()),
         Filled::Refused => return None,

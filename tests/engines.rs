@@ -102,11 +102,17 @@ fn idle_engines_sleep() {
             })
             .collect()
     };
-    // The frame's burst was counted, inside its busy round.
-    let pool = d.api(Request::Engines);
-    let cycles = |k: &str| pool["engines"].as_array().unwrap().iter().map(|e| e[k].as_u64().unwrap()).sum::<u64>();
-    let (burst, busy) = (cycles("burst_cycles"), cycles("busy_cycles"));
-    assert!(burst > 0 && burst <= busy, "burst cycles {burst}, busy cycles {busy}");
+    // The frame's burst was counted, inside its busy round (the engine
+    // counts once the poll is done: the frame may arrive first).
+    let counted = || {
+        let pool = d.api(Request::Engines);
+        let cycles = |k: &str| pool["engines"].as_array().unwrap().iter().map(|e| e[k].as_u64().unwrap()).sum::<u64>();
+        (cycles("burst_cycles"), cycles("busy_cycles"))
+    };
+    d.wait_for("the burst counted inside its busy round", 5, || {
+        let (burst, busy) = counted();
+        burst > 0 && burst <= busy
+    });
     let before = sample();
     std::thread::sleep(Duration::from_secs(2));
     let after = sample();

@@ -758,17 +758,6 @@ pub fn process_tx(f: &Function, qp: u16, fabric: &Fabric, scratch: &mut Scratch,
                 break;
             }
         }
-        if n < taken && qos.max.is_none() && pass != Pass::Guaranteed {
-            // No shaper: the group is admitted at once when the turn's
-            // budget covers all of it (each frame then passes on its own).
-            let group: u64 = scratch.tx.active[n..taken].iter().map(|c| c.len().saturating_sub(hdr_len)).sum();
-            if group <= budget {
-                budget -= group;
-                admitted += group;
-                n = taken;
-                continue;
-            }
-        }
         let len = scratch.tx.active[n].len().saturating_sub(hdr_len);
         let shaped_until = qos.throttled_until_ns;
         if !admit(qos, pass, &mut budget, len, now_ns) {

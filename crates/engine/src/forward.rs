@@ -1307,38 +1307,18 @@ fn lone(
     now_ns: u64,
     drained: bool,
 ) -> Option<u64> {
-    let chain = &scratch.tx.active[0];
     if hdr_len != 12 {
         return None;
     }
+    let route = memo_route(f, pol, scratch, fabric, now_ns)?;
+    let chain = &scratch.tx.active[0];
     let h = Heads::flat(chain, features::sends_offloads(f.acked_features()))?;
     let len = chain.len() - hdr_len;
-    let plain = h.flags & features::HDR_F_NEEDS_CSUM == 0
-        && h.gso_type == features::GSO_NONE
-        && !h.tagged()
-        && len <= f.mtu() as u64 + ETH_HLEN + VLAN_HLEN
-        && pol.enabled;
-    let (dst, src) = (h.dst(), h.src());
-    if !plain || (pol.spoofchk && src != mac_key(pol.mac)) {
-        return None;
-    }
-    // Untagged: the frame is in the port's VLAN (0: none).
-    let domain = (pol.vlan as u64) << 48;
-    let memo = scratch.fdb_memo.get(port_of(f).0 as usize)?;
-    let trusted = now_ns / 1_000_000 < memo.src.1.saturating_add(memo.src_window);
-    if memo.generation != fabric.fdb_generation()
-        || memo.src.0 != src | domain
-        || !trusted
-        || memo.fwd.0 != dst | domain
-    {
-        return None;
-    }
-    let (Dest::Port(p), None) = memo.fwd.1 else { return None };
-    if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) || vfnic_op::any_promiscuous() {
+    if !route.takes(&h, len, f.mtu() as u64 + ETH_HLEN + VLAN_HLEN) {
         return None;
     }
     let Scratch { tx, policies, rx, port_table, .. } = scratch;
-    let d = port_table.get(fabric).get(p as usize)?.as_ref()?;
+    let d = port_table.get(fabric).get(route.to as usize)?.as_ref()?;
     lone_to(f, d, policies.get(d), pol.vlan, Frame::from_chain(&tx.active[0], hdr_len, len), rx, now_ns, drained)?;
     Some(len)
 }
@@ -1367,21 +1347,10 @@ fn plain(
     drained: bool,
     watch: &mut Stopwatch,
 ) -> Option<u64> {
-    if hdr_len != 12 || !pol.enabled {
+    if hdr_len != 12 {
         return None;
     }
-    let memo = scratch.fdb_memo.get(port_of(f).0 as usize)?;
-    let trusted = now_ns / 1_000_000 < memo.src.1.saturating_add(memo.src_window);
-    if memo.generation != fabric.fdb_generation() || !trusted {
-        return None;
-    }
-    let (Dest::Port(p), None) = memo.fwd.1 else { return None };
-    // Untagged: each frame is in the port's VLAN (0: none).
-    let domain = (pol.vlan as u64) << 48;
-    let (src_key, dst_key) = (memo.src.0, memo.fwd.0);
-    if pol.spoofchk && src_key != mac_key(pol.mac) | domain {
-        return None;
-    }
+    let route = memo_route(f, pol, scratch, fabric, now_ns)?;
     let max_frame = f.mtu() as u64 + ETH_HLEN + VLAN_HLEN;
     let read_hdr = features::sends_offloads(f.acked_features());
     let mut bytes = 0;
@@ -1389,28 +1358,19 @@ fn plain(
         // Both headers in the first buffer: a frame of at least 16 bytes.
         let h = Heads::flat(chain, read_hdr)?;
         let len = chain.len() - hdr_len;
-        let plain = h.flags & features::HDR_F_NEEDS_CSUM == 0
-            && h.gso_type == features::GSO_NONE
-            && !h.tagged()
-            && len <= max_frame
-            && h.src() | domain == src_key
-            && h.dst() | domain == dst_key;
-        if !plain {
+        if !route.takes(&h, len, max_frame) {
             return None;
         }
         bytes += len;
     }
     watch.lap(Phase::Classify);
-    if crate::uplink::is_uplink_port(vfnic_switch::PortId(p))
-        || vfnic_op::any_promiscuous()
-        || scratch.tx.active[0].revoked()
-    {
+    if scratch.tx.active[0].revoked() {
         return None;
     }
     let Scratch { tx, policies, rx, port_table, .. } = scratch;
-    let d = port_table.get(fabric).get(p as usize)?.as_ref()?;
+    let d = port_table.get(fabric).get(route.to as usize)?.as_ref()?;
     let pd = policies.get(d);
-    if d.queue_pairs() > 1 || pd.vlan != pol.vlan || !d.connected() || !d.link_up() {
+    if !takes_plain(d, &pd, pol.vlan) {
         return None;
     }
     let ring = d.rx(0);
@@ -1430,6 +1390,64 @@ fn plain(
     let first = frames.next().expect("n > 1");
     deliver_locked(d, ring.index, &mut rs, first, frames, rx);
     Some(bytes)
+}
+
+/// The decision the port's [`FdbMemo`] holds for the plain frames of
+/// [`lone`] and [`plain`]: their source and destination keys (in the
+/// port's VLAN) and the VF they go to.
+struct Route {
+    src: VlanMac,
+    dst: VlanMac,
+    domain: u64,
+    to: u16,
+}
+
+impl Route {
+    /// Whether a frame of `len` bytes with headers `h` is one the route
+    /// settles: no offload asked for, untagged, at most `max_frame` bytes,
+    /// from the route's source to its destination.
+    #[inline(always)]
+    fn takes(&self, h: &Heads, len: u64, max_frame: u64) -> bool {
+        h.flags & features::HDR_F_NEEDS_CSUM == 0
+            && h.gso_type == features::GSO_NONE
+            && !h.tagged()
+            && len <= max_frame
+            && h.src() | self.domain == self.src
+            && h.dst() | self.domain == self.dst
+    }
+}
+
+/// The [`Route`] of `f`'s port while its memo stands (the table's
+/// generation unchanged, the source checked within its window), for a
+/// port that is up, to a VF (not an uplink, no promiscuous VF anywhere),
+/// from a source the spoof check passes; `None` otherwise.
+#[inline(always)]
+fn memo_route(f: &Function, pol: &Policy, scratch: &Scratch, fabric: &Fabric, now_ns: u64) -> Option<Route> {
+    if !pol.enabled {
+        return None;
+    }
+    let memo = scratch.fdb_memo.get(port_of(f).0 as usize)?;
+    let trusted = now_ns / 1_000_000 < memo.src.1.saturating_add(memo.src_window);
+    if memo.generation != fabric.fdb_generation() || !trusted {
+        return None;
+    }
+    let (Dest::Port(p), None) = memo.fwd.1 else { return None };
+    if crate::uplink::is_uplink_port(vfnic_switch::PortId(p)) || vfnic_op::any_promiscuous() {
+        return None;
+    }
+    // Untagged: the frames are in the port's VLAN (0: none).
+    let domain = (pol.vlan as u64) << 48;
+    if pol.spoofchk && memo.src.0 != mac_key(pol.mac) | domain {
+        return None;
+    }
+    Some(Route { src: memo.src.0, dst: memo.fwd.0, domain, to: p })
+}
+
+/// Whether VF `d` (its policy `pd`) takes [`lone`]'s and [`plain`]'s
+/// frames from a port in `vlan`: one queue pair, the same VLAN, up.
+#[inline(always)]
+fn takes_plain(d: &Function, pd: &Policy, vlan: u16) -> bool {
+    d.queue_pairs() <= 1 && pd.vlan == vlan && d.connected() && d.link_up()
 }
 
 /// Whether `d`'s arbiter lets [`lone`]'s or [`plain`]'s frames from `f`
@@ -1459,10 +1477,7 @@ fn lone_to(
     now_ns: u64,
     drained: bool,
 ) -> Option<()> {
-    if d.queue_pairs() > 1 || pd.vlan != vlan || !d.connected() || !d.link_up() {
-        return None;
-    }
-    if frame.revoked() {
+    if !takes_plain(d, &pd, vlan) || frame.revoked() {
         return None;
     }
     let ring = d.rx(0);

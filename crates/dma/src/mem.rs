@@ -222,6 +222,21 @@ impl GuestMemory {
         }
         None
     }
+
+    /// Where a vring area of `len` bytes at front-end address `uaddr` is
+    /// mapped, when it lies inside one region and is `align`-aligned (a
+    /// power of two) both as the front end gave it and as mapped here: a
+    /// region whose front-end address and mmap offset disagree modulo the
+    /// alignment would place the ring's fields across their natural
+    /// boundaries, where the atomic accesses the rings make are not
+    /// allowed (and on x86 could split a lock over two lines).
+    pub fn ring_area(&self, uaddr: u64, len: u64, align: u64) -> Option<*mut u8> {
+        debug_assert!(align.is_power_of_two());
+        if uaddr & (align - 1) != 0 {
+            return None;
+        }
+        self.translate_uaddr(uaddr, len).filter(|p| (*p as u64) & (align - 1) == 0)
+    }
 }
 
 fn map_region(index: usize, spec: RegionSpec, fd: OwnedFd) -> Result<Region, MemError> {
@@ -322,6 +337,21 @@ mod tests {
         assert!(m.translate(0x0fff_ffff, 1).is_none());
         assert!(m.translate(u64::MAX, 1).is_none());
         assert_eq!(m.translate_partial(0x1000_0000 + (1 << 20) - 8).unwrap().1, 8);
+    }
+
+    #[test]
+    fn ring_areas_are_aligned_as_given_and_as_mapped() {
+        let m = GuestMemory::map(&[spec(0x1000_0000, 1 << 20, 0x7f00_0000_0000)], vec![memfd(1 << 20)]).unwrap();
+        assert!(m.ring_area(0x7f00_0000_0010, 64, 16).is_some());
+        assert!(m.ring_area(0x7f00_0000_0008, 64, 16).is_none(), "front-end address not aligned");
+        assert!(m.ring_area(0x7f00_0000_0000 + (1 << 20) - 32, 64, 16).is_none(), "past the region");
+        // A region mapped 8 bytes into its file: a 16-aligned front-end
+        // address lands 8 bytes off a 16-byte boundary here.
+        let s = RegionSpec { mmap_offset: 8, ..spec(0x1000_0000, 1 << 16, 0x7f00_0000_0000) };
+        let m = GuestMemory::map(&[s], vec![memfd(1 << 20)]).unwrap();
+        assert!(m.translate_uaddr(0x7f00_0000_0010, 64).is_some());
+        assert!(m.ring_area(0x7f00_0000_0010, 64, 16).is_none(), "mapped across the boundary");
+        assert!(m.ring_area(0x7f00_0000_0010, 64, 8).is_some(), "8-aligned both ways");
     }
 
     #[test]

@@ -240,12 +240,7 @@ impl PackedRing {
         if size == 0 || size > MAX_RING_SIZE as u32 {
             return Err(RingError::Size(size));
         }
-        let area = |name, addr: u64, len: u64, align: u64| {
-            if addr % align != 0 {
-                return Err(RingError::Addr(name));
-            }
-            mem.translate_uaddr(addr, len).ok_or(RingError::Addr(name))
-        };
+        let area = |name, addr: u64, len: u64, align: u64| mem.ring_area(addr, len, align).ok_or(RingError::Addr(name));
         let desc = area("descriptor", addrs.desc, 16 * size as u64, 16)?;
         let driver = area("driver event suppression", addrs.avail, 4, 4)?;
         let device = area("device event suppression", addrs.used, 4, 4)?;

@@ -110,12 +110,7 @@ impl SplitRing {
             return Err(RingError::Size(size));
         }
         let n = size as u64;
-        let area = |name, addr: u64, len: u64, align: u64| {
-            if addr % align != 0 {
-                return Err(RingError::Addr(name));
-            }
-            mem.translate_uaddr(addr, len).ok_or(RingError::Addr(name))
-        };
+        let area = |name, addr: u64, len: u64, align: u64| mem.ring_area(addr, len, align).ok_or(RingError::Addr(name));
         let desc = area("descriptor", addrs.desc, 16 * n, 16)?;
         let avail = area("avail", addrs.avail, 6 + 2 * n, 2)?;
         let used = area("used", addrs.used, 6 + 8 * n, 4)?;

@@ -102,3 +102,62 @@ fn burst_larger_than_the_receivers_ring_waits_in_the_senders_ring_in_order() {
     assert!(d.counter(0, &["held", "tx_held_no_buffer"]) >= 56, "the burst waited for VF1's buffers");
     assert_eq!(d.counter(0, &["tx_packets"]), got.len() as u64 + dropped);
 }
+
+/// A burst the engine's fast path takes (plain frames from one VF to one
+/// VF, forward.rs `plain`), into a receiver whose buffers do not each hold
+/// a frame: the frames that fit go in one run up to the first that does
+/// not (deliver.rs `deliver_plain`); from it on each frame is merged over
+/// buffers (MRG_RXBUF) or, without it, dropped as too big for its buffer.
+/// Everything delivered arrives whole and in order, and is counted.
+#[test]
+fn fast_bursts_into_small_buffers_merge_or_drop_in_order() {
+    use vfnic_user::net::DEFAULT_FEATURES;
+    use vfnic_user::Options;
+    let d = Daemon::start("num_vfs = 3\nengines = 1\n");
+    let mut a = attach(&d, 0);
+    // Room for a 12-byte header and 80 bytes of frame per buffer.
+    let small = |features| Options { rx_buf_size: 12 + 80, features, ..Options::default() };
+    let mrg = vfnic_user::proto::features::MRG_RXBUF;
+    let receivers = [(1u16, small(DEFAULT_FEATURES)), (2, small(DEFAULT_FEATURES & !mrg))];
+    for (vf, opts) in receivers {
+        let merges = opts.features & mrg != 0;
+        let mut b = common::attach_with(&d, vf, opts);
+        let mut fill = 0u8;
+        let (mut expected, mut too_big) = (0u64, 0u64);
+        // Bursts that fit first (they set up the fast path's decision), then
+        // ones with a frame too big for one buffer at the start, middle or end.
+        let bursts: [&[usize]; 5] =
+            [&[64; 8], &[64; 8], &[64, 70, 100, 64, 120, 66, 64, 90], &[81, 64, 64, 64], &[64, 64, 64, 200]];
+        for sizes in bursts {
+            let frames: Vec<Vec<u8>> = sizes
+                .iter()
+                .map(|&len| {
+                    fill = fill.wrapping_add(1);
+                    frame(vf_mac(vf), vf_mac(0), len, fill)
+                })
+                .collect();
+            a.send_burst(&frames.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+            for f in &frames {
+                let got = b.recv_timeout(Duration::from_secs(5));
+                if !merges && f.len() > 80 {
+                    // Its buffer comes back empty: the driver counts an error.
+                    assert!(got.is_err(), "vf{vf}: a {}-byte frame's buffer returned empty: {got:?}", f.len());
+                    too_big += 1;
+                    continue;
+                }
+                assert_eq!(
+                    got.unwrap().as_ref(),
+                    Some(f),
+                    "vf{vf}: a {}-byte frame, in order\n{}",
+                    f.len(),
+                    d.log_text()
+                );
+                expected += 1;
+            }
+            assert!(b.recv_timeout(Duration::from_millis(200)).unwrap().is_none(), "vf{vf}: nothing more");
+        }
+        assert_eq!(d.counter(vf, &["rx_packets"]), expected);
+        assert_eq!(b.stats().used_errors, too_big, "vf{vf}");
+        assert_eq!(d.counter(vf, &["drops", "rx_dropped_buffer_too_small"]), too_big, "vf{vf}");
+    }
+}

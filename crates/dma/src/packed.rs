@@ -29,7 +29,7 @@
 //!   the first one of a batch are stored last, by
 //!   [`PackedRing::publish_used`], so the driver never sees half a batch.
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -682,6 +682,65 @@ impl PackedRing {
         self.write_used(last.id, 0, ndesc.clamp(1, self.size as u32) as u16, chains);
     }
 
+    /// Returns a run of chains, each with the bytes written to it (RX):
+    /// what [`PackedRing::push_used`] does for each, in order, with the
+    /// used descriptors stored straight into the ring and the ring's
+    /// counters moved once. For a caller that has done the run's copies:
+    /// its stores are one short run, as the queued ones' are at publish.
+    /// A descriptor other than the batch's first gets its len, id and
+    /// flags in one 8-byte store (fields 8..16 of the descriptor), so the
+    /// driver, once it sees the flags, sees the rest; the batch's first
+    /// gets its flags at [`PackedRing::publish_used`], as always.
+    #[inline(always)]
+    pub fn push_used_run(&mut self, run: impl Iterator<Item = (Token, u32)>) {
+        // Used descriptors queued before the run go out first: they hold
+        // the earlier positions, maybe the batch's first.
+        if self.shadow_n > 0 {
+            self.write_shadow();
+        }
+        let size = self.size;
+        let (mut slot, mut wrap) = (self.next_used, self.used_wrap);
+        let (mut chains, mut ndescs) = (0u32, 0u32);
+        let mut head = self.batch_head.is_none();
+        for (token, len) in run {
+            let mut flags = if wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+            if len > 0 {
+                flags |= DESC_F_WRITE;
+            }
+            let d = self.desc_ptr(slot);
+            if head {
+                head = false;
+                self.batch_head = Some((slot, flags));
+                // SAFETY: slot < size (a used position): the descriptor lies
+                // in the ring checked in `new`, 16-aligned as mapped, so the
+                // id and len fields are aligned. The slot belongs to a chain
+                // we took and have not returned, so the driver does not
+                // write it now; volatile writes.
+                unsafe {
+                    d.add(OFF_ID).cast::<u16>().write_volatile(token.id.to_le());
+                    d.add(OFF_LEN).cast::<u32>().write_volatile(len.to_le());
+                }
+            } else {
+                let word = len as u64 | (token.id as u64) << 32 | (flags as u64) << 48;
+                // SAFETY: as above; bytes 8..16 of the descriptor (len, id,
+                // flags) are 8-aligned. One atomic store: the driver reads
+                // the flags, then the rest, and an aligned 8-byte store is
+                // seen whole or not at all. Release: the frame's bytes are
+                // visible before. Our side makes no access to these bytes
+                // that could race with it (one thread owns the ring).
+                unsafe { AtomicU64::from_ptr(d.add(OFF_LEN).cast()) }.store(word.to_le(), Ordering::Release);
+            }
+            let n = token.ndesc.max(1).min(size);
+            (slot, wrap) = advance(slot, wrap, n, size);
+            chains += 1;
+            ndescs += n as u32;
+        }
+        (self.next_used, self.used_wrap) = (slot, wrap);
+        self.unsignalled = self.unsignalled.saturating_add(ndescs);
+        self.in_flight = self.in_flight.saturating_sub(chains);
+        self.in_flight_desc = self.in_flight_desc.saturating_sub(ndescs);
+    }
+
     /// Queues one used descriptor (`id`, `len`) for the next used position
     /// and moves that position `ndesc` on, for `chains` chains returned.
     #[inline(always)]
@@ -1315,6 +1374,61 @@ mod tests {
             assert_eq!(d.take_used(), Some((k, 10 + k as u32, DESC_F_AVAIL | DESC_F_USED | DESC_F_WRITE)));
         }
         assert_eq!(d.take_used(), None);
+    }
+
+    #[test]
+    fn a_used_run_writes_what_pushes_one_by_one_write() {
+        // Two rings driven alike over several laps: one returns each
+        // chain with push_used, the other in runs (some after a push_used
+        // that left a batch's first queued); the driver sees the same.
+        let mut rnd = lcg(7);
+        let (mut d1, mut d2) = (Driver::new(16), Driver::new(16));
+        let (mut r1, mut r2) = (d1.ring(false), d2.ring(false));
+        let mut c = Chain::default();
+        let mut id = 0u16;
+        for round in 0..40 {
+            let k = 1 + rnd(6) as u16;
+            for _ in 0..k {
+                let nbufs = 1 + rnd(2) as usize;
+                let bufs: Vec<_> = (0..nbufs).map(|b| (buf(b as u64), 100, DESC_F_WRITE)).collect();
+                d1.offer(id, &bufs);
+                d2.offer(id, &bufs);
+                id = (id + 1) % 16;
+            }
+            let mut run = Vec::new();
+            for _ in 0..k {
+                let t1 = r1.pop_chain(&mut c, W, false).unwrap().unwrap();
+                let t2 = r2.pop_chain(&mut c, W, false).unwrap().unwrap();
+                assert_eq!(t1, t2);
+                run.push((t2, rnd(3) * 50));
+            }
+            for &(t, len) in &run {
+                r1.push_used(t, len);
+            }
+            // Now and then the first goes alone, the rest as a run.
+            let alone = if round % 3 == 0 { 1 } else { 0 };
+            for &(t, len) in &run[..alone] {
+                r2.push_used(t, len);
+            }
+            r2.push_used_run(run[alone..].iter().copied());
+            if round % 2 == 0 {
+                assert_eq!(d2.take_used(), None, "nothing before publish");
+            }
+            r1.publish_used();
+            r2.publish_used();
+            for &(t, len) in &run {
+                let flags =
+                    if d1.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 } | if len > 0 { DESC_F_WRITE } else { 0 };
+                assert_eq!(d1.take_used(), Some((t.id, len, flags)), "round {round}");
+                assert_eq!(d2.take_used(), Some((t.id, len, flags)), "round {round}");
+            }
+            assert_eq!((d1.take_used(), d2.take_used()), (None, None));
+            assert_eq!(r1.next_used_state(), r2.next_used_state());
+            assert_eq!(
+                (r1.in_flight, r1.in_flight_desc, r1.unsignalled),
+                (r2.in_flight, r2.in_flight_desc, r2.unsignalled)
+            );
+        }
     }
 
     #[test]

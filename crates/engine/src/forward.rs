@@ -19,7 +19,9 @@ use std::sync::Arc;
 use vfnic_offload::{complete_csum, Segmenter, VirtioNetHdr};
 
 use crate::chains::ChainSets;
-use crate::deliver::{deliver_group_to, deliver_locked, deliver_one, fault_queue, Frame, RxScratch, TagEdit};
+use crate::deliver::{
+    deliver_group_to, deliver_locked, deliver_one, deliver_plain, fault_queue, Frame, RxScratch, TagEdit,
+};
 use crate::fabric::{port_of, Fabric, PortCache};
 use crate::phases::{Phase, Stopwatch};
 use crate::rss;
@@ -1386,9 +1388,7 @@ fn plain(
         return None;
     }
     watch.lap(Phase::Arbitrate);
-    let mut frames = tx.active[..n].iter().map(|c| Frame::from_chain(c, hdr_len, c.len() - hdr_len));
-    let first = frames.next().expect("n > 1");
-    deliver_locked(d, ring.index, &mut rs, first, frames, rx);
+    deliver_plain(d, ring.index, &mut rs, &tx.active[..n], hdr_len, rx);
     Some(bytes)
 }
 

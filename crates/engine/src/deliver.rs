@@ -387,7 +387,7 @@ pub fn deliver_locked<'f>(
 /// tag edit and no offload handed over, into RX chains taken ahead for
 /// every one ([`RxScratch::take_ahead`]). The frames that each fit the
 /// first buffer of the next chain, up to the first that does not, are
-/// copied in one loop (two straight copies each, as [`fill`]'s) and
+/// copied in one loop (two straight copies each, as `fill`'s) and
 /// completed as one run ([`Virtqueue::complete_run`]); the rest go as
 /// [`deliver_locked`]'s do. The same writes and counts as
 /// [`deliver_locked`] with these frames, less the per-frame records

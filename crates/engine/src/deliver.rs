@@ -361,10 +361,7 @@ pub fn deliver_locked<'f>(
     frames: impl Iterator<Item = Frame<'f>>,
     scratch: &mut RxScratch,
 ) -> u64 {
-    let acked = dest.acked_features();
-    let hdr_len = features::net_hdr_len(acked) as u64;
-    let mergeable = features::mergeable(acked);
-    let indirect = s.indirect;
+    let (hdr_len, mergeable, indirect) = rx_format(dest, s);
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     // Look ahead: the RX descriptors and used lines of the whole group,
     // then one chain per frame, taken together (their buffers fetched for
@@ -402,10 +399,7 @@ pub fn deliver_plain(
     offset: u64,
     scratch: &mut RxScratch,
 ) -> u64 {
-    let acked = dest.acked_features();
-    let hdr_len = features::net_hdr_len(acked) as u64;
-    let mergeable = features::mergeable(acked);
-    let indirect = s.indirect;
+    let (hdr_len, mergeable, indirect) = rx_format(dest, s);
     let ring = s.ring.as_mut().expect("ready() checked the ring");
     let mut watch = Stopwatch::start();
     debug_assert!(scratch.pretaken, "plain takes the chains ahead");
@@ -451,6 +445,15 @@ pub fn deliver_plain(
     }
     watch.lap(Phase::RxFill);
     finish(dest, index, s, (packets, bytes), fault, scratch)
+}
+
+/// What the receiver `dest` negotiated for its RX ring `s`: its
+/// virtio-net header's length, whether frames may be merged over buffers
+/// (`MRG_RXBUF`), whether its chains may be indirect.
+#[inline(always)]
+fn rx_format(dest: &Function, s: &VringState) -> (u64, bool, bool) {
+    let acked = dest.acked_features();
+    (features::net_hdr_len(acked) as u64, features::mergeable(acked), s.indirect)
 }
 
 /// Writes `first`, then `frames`, into `ring` with the chains taken ahead

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use vfnic_dma::chain::Access;
-use vfnic_dma::copy::{copy, Cursor};
+use vfnic_dma::copy::{copy, copy_flat, copy_flat_fetching, Ahead, Cursor};
 use vfnic_dma::{Chain, Filled, PopError, Virtqueue};
 
 use crate::chains::ChainSets;
@@ -410,17 +410,22 @@ pub fn deliver_plain(
     let flat = tx.len().min(dst.len());
     let (mut k, mut bytes) = (0, 0);
     while k < flat {
-        // A large next frame: its lines, and those of its RX buffer, start
-        // coming while this one is copied (as in `fill_each`).
-        if let (Some(next), Some(next_dst)) = (tx.get(k + 1), dst.get(k + 1)) {
-            if next.len() > offset + 128 {
-                next.prefetch_range(128, next.len(), false);
-                next_dst.prefetch_range(128, hdr_len + next.len() - offset, true);
-            }
-        }
         let src = &tx[k];
         let len = src.len() - offset;
-        if !vfnic_dma::copy::copy_flat(hdr, src, offset, len, &dst[k]) {
+        // A large next frame: its lines, and those of its RX buffer (past
+        // the two of each fetched when the chains were taken), come in
+        // while this one is copied.
+        let copied = match (tx.get(k + 1), dst.get(k + 1)) {
+            (Some(next), Some(next_dst)) if next.len() > offset + 128 => {
+                let ahead = [
+                    Ahead { chain: next, from: 128, to: next.len(), write: false },
+                    Ahead { chain: next_dst, from: 128, to: hdr_len + next.len() - offset, write: true },
+                ];
+                copy_flat_fetching(hdr, src, offset, len, &dst[k], ahead)
+            }
+            _ => copy_flat(hdr, src, offset, len, &dst[k]),
+        };
+        if !copied {
             break;
         }
         bytes += len;

@@ -199,17 +199,24 @@ impl<'c> Cursor<'c> {
 /// caller then takes the general path of [`Cursor`]s and [`copy`]).
 #[inline(always)]
 pub fn copy_flat(hdr: &[u8], src: &Chain, src_off: u64, len: u64, dst: &Chain) -> bool {
-    let (Some(from), Some(d)) = (flat_source(src, src_off, len), dst.segments().first()) else { return false };
-    if (hdr.len() as u64).checked_add(len).is_none_or(|end| end > d.len as u64) {
-        return false;
-    }
-    // SAFETY: `from .. + len` lies in `src`'s first segment (flat_source)
-    // and `d.ptr .. + hdr.len() + len` in `dst`'s (checked just above),
-    // each translated with its length from its chain's memory, which the
-    // chains keep mapped; RX chains are walked with `Access::DeviceWrites`,
-    // so the tenant marked `d` writable.
-    unsafe { copy_flat_to(hdr, from, len, d.ptr) };
+    let Some((from, to)) = flat_pair(hdr.len(), src, src_off, len, dst) else { return false };
+    // SAFETY: the ranges `flat_pair` checked, in chains that keep their
+    // memory mapped; two mappings of tenant memory, no overlap.
+    unsafe { copy_flat_to(hdr, from, len, to) };
     true
+}
+
+/// Where [`copy_flat`] reads and writes: the start of `len` bytes of `src`
+/// from `src_off`, when they lie in its first segment, and the start of
+/// `dst`, when `hdr_len` plus `len` bytes fit its first segment. RX chains
+/// are walked with `Access::DeviceWrites`, so the tenant marked that
+/// segment writable; both are translated with their lengths from their
+/// chains' memory.
+#[inline(always)]
+fn flat_pair(hdr_len: usize, src: &Chain, src_off: u64, len: u64, dst: &Chain) -> Option<(*const u8, *mut u8)> {
+    let (from, d) = (flat_source(src, src_off, len)?, dst.segments().first()?);
+    let fits = (hdr_len as u64).checked_add(len).is_some_and(|end| end <= d.len as u64);
+    fits.then_some((from, d.ptr))
 }
 
 /// Lines of a chain's first segment to fetch while something else is
@@ -275,20 +282,13 @@ impl Fetching {
 /// per frame; out of line 304).
 #[inline(never)]
 pub fn copy_flat_fetching(hdr: &[u8], src: &Chain, src_off: u64, len: u64, dst: &Chain, ahead: [Ahead<'_>; 2]) -> bool {
-    let (Some(from), Some(d)) = (flat_source(src, src_off, len), dst.segments().first()) else { return false };
-    if (hdr.len() as u64).checked_add(len).is_none_or(|end| end > d.len as u64) {
-        return false;
-    }
+    let Some((from, d)) = flat_pair(hdr.len(), src, src_off, len, dst) else { return false };
     let mut fetch = ahead.map(|a| Fetching::new(&a));
-    // SAFETY: as in `copy_flat`: `from .. + len` lies in `src`'s first
-    // segment and `d.ptr .. + hdr.len() + len` in `dst`'s (checked just
-    // above), both kept mapped by their chains; `dst` is device-writable;
-    // two mappings of tenant memory, no overlap. Each chunk lies inside.
+    // SAFETY: as in `copy_flat`: the ranges `flat_pair` checked, kept
+    // mapped by their chains, no overlap. Each chunk lies inside.
     unsafe {
-        if !(hdr.len() == 12 && holds12(d.ptr, hdr)) {
-            copy_bytes(hdr.as_ptr(), d.ptr, hdr.len());
-        }
-        let to = d.ptr.add(hdr.len());
+        write_hdr(hdr, d);
+        let to = d.add(hdr.len());
         let n = len as usize;
         let mut done = 0;
         while n - done >= 256 {
@@ -332,10 +332,23 @@ pub(crate) fn flat_source(src: &Chain, src_off: u64, len: u64) -> Option<*const 
 pub(crate) unsafe fn copy_flat_to(hdr: &[u8], from: *const u8, len: u64, dst: *mut u8) {
     // SAFETY: the caller's contract.
     unsafe {
+        write_hdr(hdr, dst);
+        copy_bytes(from, dst.add(hdr.len()), len as usize);
+    }
+}
+
+/// Writes `hdr` to `dst` unless it is a 12-byte header `dst` already
+/// holds (see [`copy_flat_to`]).
+///
+/// # Safety
+/// `dst .. + hdr.len()` must be readable and writable.
+#[inline(always)]
+unsafe fn write_hdr(hdr: &[u8], dst: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe {
         if !(hdr.len() == 12 && holds12(dst, hdr)) {
             copy_bytes(hdr.as_ptr(), dst, hdr.len());
         }
-        copy_bytes(from, dst.add(hdr.len()), len as usize);
     }
 }
 

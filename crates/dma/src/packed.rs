@@ -182,6 +182,18 @@ fn retreat(pos: u16, wrap: bool, n: u16, size: u16) -> (u16, bool) {
     }
 }
 
+/// The flags of a used descriptor written with wrap counter `wrap` for a
+/// buffer `len` bytes were written to: AVAIL and USED both equal to the
+/// wrap counter, WRITE if anything was written.
+#[inline(always)]
+fn used_flags(wrap: bool, len: u32) -> u16 {
+    let mut flags = if wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
+    if len > 0 {
+        flags |= DESC_F_WRITE;
+    }
+    flags
+}
+
 /// Whether descriptor `flags` mark it available for wrap counter `wrap`.
 #[inline]
 fn is_avail(flags: u16, wrap: bool) -> bool {
@@ -703,10 +715,7 @@ impl PackedRing {
         let (mut chains, mut ndescs) = (0u32, 0u32);
         let mut head = self.batch_head.is_none();
         for (token, len) in run {
-            let mut flags = if wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
-            if len > 0 {
-                flags |= DESC_F_WRITE;
-            }
+            let flags = used_flags(wrap, len);
             let d = self.desc_ptr(slot);
             if head {
                 head = false;
@@ -736,9 +745,16 @@ impl PackedRing {
             ndescs += n as u32;
         }
         (self.next_used, self.used_wrap) = (slot, wrap);
-        self.unsignalled = self.unsignalled.saturating_add(ndescs);
+        self.returned(chains, ndescs);
+    }
+
+    /// Counts `chains` chains, `ndesc` ring descriptors in all, returned:
+    /// used positions not yet signalled, and no longer in flight.
+    #[inline(always)]
+    fn returned(&mut self, chains: u32, ndesc: u32) {
+        self.unsignalled = self.unsignalled.saturating_add(ndesc);
         self.in_flight = self.in_flight.saturating_sub(chains);
-        self.in_flight_desc = self.in_flight_desc.saturating_sub(ndescs);
+        self.in_flight_desc = self.in_flight_desc.saturating_sub(ndesc);
     }
 
     /// Queues one used descriptor (`id`, `len`) for the next used position
@@ -746,10 +762,7 @@ impl PackedRing {
     #[inline(always)]
     fn write_used(&mut self, id: u16, len: u32, ndesc: u16, chains: u32) {
         debug_assert!(ndesc >= 1 && ndesc <= self.size);
-        let mut flags = if self.used_wrap { DESC_F_AVAIL | DESC_F_USED } else { 0 };
-        if len > 0 {
-            flags |= DESC_F_WRITE;
-        }
+        let flags = used_flags(self.used_wrap, len);
         if self.shadow_n == SHADOW {
             self.write_shadow();
         }
@@ -757,9 +770,7 @@ impl PackedRing {
         self.shadow_n += 1;
         let ndesc = ndesc.max(1).min(self.size);
         (self.next_used, self.used_wrap) = advance(self.next_used, self.used_wrap, ndesc, self.size);
-        self.unsignalled = self.unsignalled.saturating_add(ndesc as u32);
-        self.in_flight = self.in_flight.saturating_sub(chains);
-        self.in_flight_desc = self.in_flight_desc.saturating_sub(ndesc as u32);
+        self.returned(chains, ndesc as u32);
     }
 
     /// Writes the queued used descriptors into the ring: every id and len,

@@ -270,8 +270,9 @@ impl Fetching {
     }
 }
 
-/// [`copy_flat`] of a large frame with the lines of the next one (its
-/// source and its RX buffer, `ahead`) fetched a few at a time between
+/// [`copy_flat`] of a large frame with the lines of frames to come
+/// (`ahead`: the engine's delivery fetches the next frame's source and
+/// the RX buffer two frames on) fetched a few at a time between
 /// 256-byte chunks of the copy, instead of all before it: fewer misses
 /// wait at once for the line buffers, and the copy's own lines are not
 /// queued behind the next frame's. 1518-byte frames through the switch:

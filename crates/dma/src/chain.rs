@@ -221,6 +221,23 @@ impl Chain {
         }
     }
 
+    /// Starts fetching bytes `from..to` of the chain's first segment (as
+    /// far as it goes) into the core's L2 cache, a line at a time: an RX
+    /// buffer a few frames before it is written, whose lines may have to
+    /// come from DRAM (see `engine::deliver::deliver_plain`). [`Chain::prefetch_range`]
+    /// fetches them into L1 nearer the time.
+    #[inline]
+    pub fn prefetch_range_l2(&self, from: u64, to: u64) {
+        if let Some(s) = self.segs[..self.n].first() {
+            let mut off = from.min(s.len as u64) as usize;
+            let end = to.min(s.len as u64) as usize;
+            while off < end {
+                crate::copy::prefetch_l2(s.ptr.wrapping_add(off));
+                off += 64;
+            }
+        }
+    }
+
     /// The translated segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segs[..self.n]

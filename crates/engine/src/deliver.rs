@@ -23,6 +23,12 @@ pub const MAX_MERGE: usize = 64;
 /// go).
 const AHEAD: usize = 64;
 
+/// How many frames ahead of its copy [`deliver_plain`] fetches a large
+/// frame's RX buffer into L2. Four: 1518-byte frames through the switch,
+/// 9% more frames per second than with none, on split and on packed
+/// rings (`scripts/ab-switch.sh`); three or six, about 0.5% fewer than four.
+const RX_STAGE: usize = 4;
+
 /// RX chains (reused, so delivering allocates nothing) and the held
 /// interrupts.
 pub struct RxScratch {
@@ -410,6 +416,21 @@ pub fn deliver_plain(
     let dst = &scratch.chains.active[scratch.at..scratch.n];
     let flat = tx.len().min(dst.len());
     let (mut k, mut bytes) = (0, 0);
+    // RX buffers of large frames are fetched into L2 `RX_STAGE` frames
+    // before their copy, the burst's first ones now. A driver that
+    // recycles its buffers through a pool hands some back that have left
+    // every cache: with DPDK's client, 30-45% of RX buffer lines probed
+    // before the copy took 250 to over 800 TSC cycles to load (DRAM),
+    // where a sender's lines, which this engine wrote one lap before,
+    // took 40-110. The fetch into L1 two frames on is too late for those.
+    let stage = |k: usize| {
+        if let (Some(t), Some(d)) = (tx.get(k), dst.get(k)) {
+            d.prefetch_range_l2(128, hdr_len + t.len() - offset);
+        }
+    };
+    if tx.first().is_some_and(|t| t.len() > offset + 128) {
+        (0..RX_STAGE).for_each(stage);
+    }
     while k < flat {
         let src = &tx[k];
         let len = src.len() - offset;
@@ -428,6 +449,7 @@ pub fn deliver_plain(
                     (Some(sent), Some(rx)) => (sent, rx),
                     _ => (next, next_dst),
                 };
+                stage(k + RX_STAGE);
                 let ahead = [
                     Ahead { chain: next, from: 128, to: next.len(), write: false },
                     Ahead { chain: rx, from: 128, to: hdr_len + sent.len() - offset, write: true },

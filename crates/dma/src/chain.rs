@@ -229,12 +229,8 @@ impl Chain {
     #[inline]
     pub fn prefetch_range_l2(&self, from: u64, to: u64) {
         if let Some(s) = self.segs[..self.n].first() {
-            let mut off = from.min(s.len as u64) as usize;
             let end = to.min(s.len as u64) as usize;
-            while off < end {
-                crate::copy::prefetch_l2(s.ptr.wrapping_add(off));
-                off += 64;
-            }
+            crate::copy::prefetch_lines_l2(s.ptr, from.min(end as u64) as usize, end);
         }
     }
 

@@ -110,6 +110,17 @@ pub(crate) fn prefetch_l2(p: *const u8) {
     let _ = p;
 }
 
+/// [`prefetch_l2`] of the lines of bytes `from..to` of the buffer at `p`
+/// (the caller keeps `to` within the buffer).
+#[inline(always)]
+pub(crate) fn prefetch_lines_l2(p: *const u8, from: usize, to: usize) {
+    let mut off = from;
+    while off < to {
+        prefetch_l2(p.wrapping_add(off));
+        off += 64;
+    }
+}
+
 /// [`prefetch_write`] if `write`, else [`prefetch`]: a buffer the engine
 /// writes next (RX) or reads next.
 #[inline(always)]

@@ -368,6 +368,30 @@ impl PackedRing {
         self.walk_avail(max, true)
     }
 
+    /// Hint for the buffers of the next `count` available chains (one-buffer
+    /// chains only): bytes `from..to` of each (as far as it goes) are
+    /// fetched into L2 (see [`crate::Chain::prefetch_range_l2`]). Takes and
+    /// checks nothing.
+    pub fn stage_buffers(&self, count: u16, from: u64, to: u64) {
+        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
+        for _ in 0..count.min(self.size) {
+            let f = self.flags(slot);
+            if !is_avail(f, wrap) || f & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
+                return;
+            }
+            let (addr, len, _) = self.rest(slot);
+            let end = to.min(len as u64);
+            if let Some(p) = self.mem.translate(addr, end) {
+                crate::copy::prefetch_lines_l2(p, from.min(end) as usize, end as usize);
+            }
+            slot += 1;
+            if slot == self.size {
+                slot = 0;
+                wrap = !wrap;
+            }
+        }
+    }
+
     /// Counts available chains up to `max` (see [`PackedRing::room_upto`]),
     /// fetching the buffers of one-buffer chains for writing if `prefetch`.
     #[inline(always)]
@@ -1354,6 +1378,9 @@ mod tests {
         let before = (r.next_avail_state(), r.room_upto(8));
         for max in [0, 1, 4, 64] {
             assert_eq!(r.room_prefetching(max), r.room_upto(max), "the count with the hint is the count");
+        }
+        for (count, from, to) in [(8, 128, 1530), (64, 0, u64::MAX), (2, 4096, 64), (0, 0, 1500)] {
+            r.stage_buffers(count, from, to);
         }
         r.prefetch_next();
         assert_eq!(before.1, 4);

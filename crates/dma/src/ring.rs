@@ -358,6 +358,26 @@ impl SplitRing {
         }
     }
 
+    /// Hint for the buffers of the next `count` available chains (one-buffer
+    /// chains only): bytes `from..to` of each (as far as it goes) are
+    /// fetched into L2 (see [`crate::Chain::prefetch_range_l2`]). Takes and
+    /// checks nothing; reads only what the driver has made available (up
+    /// to the avail index seen last).
+    pub fn stage_buffers(&self, count: u16, from: u64, to: u64) {
+        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(count);
+        let mask = self.size - 1;
+        for i in 0..n {
+            let d = self.desc(self.avail_entry(i) & mask);
+            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
+                continue;
+            }
+            let end = to.min(d.len as u64);
+            if let Some(p) = self.mem.translate(d.addr, end) {
+                crate::copy::prefetch_lines_l2(p, from.min(end) as usize, end as usize);
+            }
+        }
+    }
+
     /// The next available chain, when it is one device-writable buffer of
     /// at least `need` bytes inside tenant memory: its head and where the
     /// buffer is mapped. Takes nothing ([`SplitRing::take_next`] does).

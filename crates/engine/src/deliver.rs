@@ -486,7 +486,7 @@ pub fn deliver_plain(
     // The next burst's first RX buffers, staged now for frames as large as
     // this burst's last (their copies come first in that burst, with the
     // least time to fetch them in it): 1.6% more 1518-byte frames per
-    // second (`scripts/ab-switch.sh`); staging eight, no more than four.
+    // second (`scripts/ab-switch.sh`); staging eight gained no more.
     if let (Some(ring), Some(last)) = (s.ring.as_ref(), tx.last()) {
         if last.len() > offset + 128 {
             ring.stage_buffers(RX_STAGE as u16, 128, hdr_len + last.len() - offset);

@@ -71,13 +71,18 @@ pub fn peek<const N: usize>(chain: &Chain, off: usize) -> Option<[u8; N]> {
 #[inline(always)]
 pub(crate) fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: PREFETCHT0 is a hint: it does not fault and changes no
-        // architectural state, for any address.
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
-    }
+    prefetch_hint::<{ core::arch::x86_64::_MM_HINT_T0 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// PREFETCHh of the cache line at `p`, `HINT` one of `_MM_HINT_*`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_hint<const HINT: i32>(p: *const u8) {
+    // SAFETY: PREFETCHh is a hint: it does not fault and changes no
+    // architectural state, for any address.
+    unsafe { core::arch::x86_64::_mm_prefetch::<HINT>(p.cast()) };
 }
 
 /// Hints the CPU to fetch the cache line at `p` for writing (an early
@@ -101,11 +106,7 @@ pub(crate) fn prefetch_write(p: *const u8) {
 #[inline(always)]
 pub(crate) fn prefetch_l2(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: PREFETCHT1 is a hint: it does not fault and changes no
-        // architectural state, for any address.
-        unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p.cast()) };
-    }
+    prefetch_hint::<{ core::arch::x86_64::_MM_HINT_T1 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }

@@ -384,11 +384,7 @@ impl PackedRing {
             if let Some(p) = self.mem.translate(addr, end) {
                 crate::copy::prefetch_lines_l2(p, from.min(end) as usize, end as usize);
             }
-            slot += 1;
-            if slot == self.size {
-                slot = 0;
-                wrap = !wrap;
-            }
+            (slot, wrap) = advance(slot, wrap, 1, self.size);
         }
     }
 

@@ -342,13 +342,7 @@ impl SplitRing {
     /// descriptor is refused when popped); reads only what the driver has
     /// made available (up to the avail index seen last).
     pub fn prefetch_buffers_write(&self, max: u16) {
-        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
-        let mask = self.size - 1;
-        for i in 0..n {
-            let d = self.desc(self.avail_entry(i) & mask);
-            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
-                continue;
-            }
+        for d in self.avail_buffers(max) {
             if let Some(p) = self.mem.translate(d.addr, (d.len as u64).min(128)) {
                 crate::copy::prefetch_write(p);
                 if d.len > 64 {
@@ -358,19 +352,25 @@ impl SplitRing {
         }
     }
 
+    /// The descriptors of the next `max` available chains that are one
+    /// buffer each (as the driver wrote them, unchecked; up to the avail
+    /// index seen last): what the buffer hints fetch.
+    #[inline(always)]
+    fn avail_buffers(&self, max: u16) -> impl Iterator<Item = Desc> + '_ {
+        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(max);
+        let mask = self.size - 1;
+        (0..n)
+            .map(move |i| self.desc(self.avail_entry(i) & mask))
+            .filter(|d| d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) == 0)
+    }
+
     /// Hint for the buffers of the next `count` available chains (one-buffer
     /// chains only): bytes `from..to` of each (as far as it goes) are
     /// fetched into L2 (see [`crate::Chain::prefetch_range_l2`]). Takes and
     /// checks nothing; reads only what the driver has made available (up
     /// to the avail index seen last).
     pub fn stage_buffers(&self, count: u16, from: u64, to: u64) {
-        let n = self.avail_shadow.wrapping_sub(self.next_avail).min(count);
-        let mask = self.size - 1;
-        for i in 0..n {
-            let d = self.desc(self.avail_entry(i) & mask);
-            if d.flags & (DESC_F_NEXT | DESC_F_INDIRECT) != 0 {
-                continue;
-            }
+        for d in self.avail_buffers(count) {
             let end = to.min(d.len as u64);
             if let Some(p) = self.mem.translate(d.addr, end) {
                 crate::copy::prefetch_lines_l2(p, from.min(end) as usize, end as usize);
